@@ -1,0 +1,97 @@
+"""Train/val/test assignment. The paper's numbers depend on which one you pick.
+
+- ``paper``: stratified random 70/20/10 of all images (the paper's protocol; on the
+  Kaggle set it leaks augmented copies of the same original into test).
+- ``official``: the folder split as given (TRAIN -> train/val, VAL -> val, TEST -> test).
+- ``grouped``: 70/20/10 by a group column (source original, patient, slide); no group
+  crosses splits; stratified by label as far as the groups allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+from wbc_ray.data.sources import SPLIT_NAMES
+
+Fractions = tuple[float, float, float]
+
+
+def _check(fractions: Fractions) -> None:
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"split fractions must be 3 non-negative numbers summing to 1, "
+                         f"got {fractions}")
+
+
+def _stratified(df: pd.DataFrame, fractions: Fractions, seed: int) -> pd.Series:
+    train_f, val_f, test_f = fractions
+    out = pd.Series("train", index=df.index, dtype=object)
+    rest = df.index
+    if test_f > 0:
+        rest, test = train_test_split(df.index, test_size=test_f, random_state=seed,
+                                      stratify=df["label"])
+        out[test] = "test"
+    if val_f > 0:
+        _, val = train_test_split(rest, test_size=val_f / (train_f + val_f),
+                                  random_state=seed + 1, stratify=df.loc[rest, "label"])
+        out[val] = "val"
+    return out
+
+
+def _grouped(df: pd.DataFrame, fractions: Fractions, seed: int) -> pd.Series:
+    """Folds of StratifiedGroupKFold, dealt out to train/val/test by the fractions."""
+    if "group" not in df or df["group"].isna().any():
+        raise ValueError("grouped split needs a group for every image: pass --groups CSV or a "
+                         "manifest with a 'group' column")
+    n_groups = df["group"].nunique()
+    n_folds = min(20, n_groups)
+    if n_folds < 3:
+        raise ValueError(f"grouped split needs at least 3 groups, found {n_groups}")
+    folds = np.empty(len(df), dtype=int)
+    sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, idx) in enumerate(sgkf.split(df, df["label"], df["group"])):
+        folds[idx] = k
+    # Deal whole folds: the first ~10% of folds to test, the next ~20% to val.
+    n_test = round(fractions[2] * n_folds)
+    n_val = round(fractions[1] * n_folds)
+    names = np.array(["test"] * n_test + ["val"] * n_val + ["train"] * (n_folds - n_test - n_val))
+    return pd.Series(names[folds], index=df.index, dtype=object)
+
+
+def _official(df: pd.DataFrame, fractions: Fractions, seed: int) -> pd.Series:
+    if df["folder_split"].isna().all():
+        raise ValueError("official split needs split folders (TRAIN/TEST) or a manifest "
+                         "'split' column")
+    given = df["folder_split"].astype(str).str.upper().map(SPLIT_NAMES)
+    out = given.astype(object)
+    train = df[given == "train"]
+    if (given == "val").sum() == 0 and len(train):
+        # Carve validation out of TRAIN; by group when groups are known (no leakage into val).
+        f = fractions[1] / (fractions[0] + fractions[1])
+        use_groups = "group" in train and train["group"].notna().all()
+        carve = _grouped if use_groups else _stratified
+        out[train.index] = carve(train, (1 - f, f, 0.0), seed).replace({"test": "val"})
+    return out.where(out.notna(), None)
+
+
+SPLITTERS: dict[str, Callable[[pd.DataFrame, Fractions, int], pd.Series]] = {
+    "paper": _stratified,
+    "grouped": _grouped,
+    "official": _official,
+}
+
+
+def assign_splits(records: pd.DataFrame, mode: str, fractions: Fractions = (0.7, 0.2, 0.1),
+                  seed: int = 0) -> pd.DataFrame:
+    """Return ``records`` with a ``split`` column in {train, val, test, None (unused)}."""
+    _check(fractions)
+    if mode not in SPLITTERS:
+        raise ValueError(f"unknown split {mode!r}; choose one of {sorted(SPLITTERS)}")
+    if records["label"].isna().any():
+        raise ValueError("every image needs a label to be split for training")
+    out = records.copy()
+    out["split"] = SPLITTERS[mode](out, fractions, seed)
+    return out

@@ -1,0 +1,136 @@
+"""URIs -> filesystems. Local paths and any fsspec scheme (s3://, gs://, az://).
+
+S3 endpoints and credentials come from the environment or the AWS profile
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE`` ...), never from code.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from contextlib import contextmanager
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+# Environment variables that configure object storage; forwarded to Ray workers.
+STORAGE_ENV_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_PROFILE",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_CONNECTION_STRING",
+)
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(fs, path)`` for ``uri``; the path has no scheme."""
+    if not is_remote(uri):
+        path = uri.removeprefix("file://")
+        return LocalFileSystem(auto_mkdir=True), os.path.abspath(os.path.expanduser(path))
+    scheme = uri.split("://", 1)[0]
+    kwargs = {}
+    if scheme in ("s3", "s3a"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            kwargs["client_kwargs"] = {"endpoint_url": endpoint}
+        scheme = "s3"
+    try:
+        fs = fsspec.filesystem(scheme, **kwargs)
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"{uri}: no filesystem for scheme {scheme!r} ({e})") from e
+    return fs, fs._strip_protocol(uri)
+
+
+def pyarrow_filesystem(uri: str):
+    """``(pyarrow.fs.FileSystem, path)`` for Ray Data readers and writers."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if isinstance(fs, LocalFileSystem):
+        return pafs.LocalFileSystem(), path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_remote(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def uri_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Inverse of :func:`filesystem`."""
+    if isinstance(fs, LocalFileSystem):
+        return path
+    proto = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
+    return f"{proto}://{path}"
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write atomically where the filesystem allows (local: temp file + rename)."""
+    fs, path = filesystem(uri)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:  # object stores publish a PUT atomically
+        with fs.open(path, "wb") as f:
+            f.write(data)
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+@contextmanager
+def local_copy(uri: str):
+    """Yield a local path holding ``uri`` (downloaded to a temp dir when remote)."""
+    if not is_remote(uri):
+        yield filesystem(uri)[1]
+        return
+    import tempfile
+
+    fs, path = filesystem(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = os.path.join(tmp, posixpath.basename(path.rstrip("/")))
+        fs.get(path, dest, recursive=fs.isdir(path))
+        yield dest
+
+
+def check_readable(uri: str) -> None:
+    """Fail fast, naming the URI, when it does not exist or cannot be reached."""
+    try:
+        fs, path = filesystem(uri)
+        ok = fs.exists(path)
+    except Exception as e:  # credentials, endpoint, DNS: all end up here
+        raise ValueError(f"cannot reach {uri}: {type(e).__name__}: {e}") from e
+    if not ok:
+        raise FileNotFoundError(f"{uri} does not exist (or is not visible with these credentials)")
