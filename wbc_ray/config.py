@@ -13,7 +13,7 @@ from typing import Any, Literal
 import dacite
 import yaml
 
-Split = Literal["paper", "official", "grouped"]
+Split = Literal["paper", "official", "grouped", "all"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 

@@ -134,3 +134,20 @@ def check_readable(uri: str) -> None:
         raise ValueError(f"cannot reach {uri}: {type(e).__name__}: {e}") from e
     if not ok:
         raise FileNotFoundError(f"{uri} does not exist (or is not visible with these credentials)")
+
+
+@contextmanager
+def local_copy_for_write(uri: str):
+    """Yield a local path to write; it is uploaded to ``uri`` afterwards when remote."""
+    if not is_remote(uri):
+        path = filesystem(uri)[1]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        yield path
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, posixpath.basename(uri))
+        yield local
+        fs, path = filesystem(uri)
+        fs.put(local, path)

@@ -77,7 +77,13 @@ def _official(df: pd.DataFrame, fractions: Fractions, seed: int) -> pd.Series:
     return out.where(out.notna(), None)
 
 
+def _all_test(df: pd.DataFrame, fractions: Fractions, seed: int) -> pd.Series:
+    """Evaluation of a separate labelled set: every image is a test image."""
+    return pd.Series("test", index=df.index, dtype=object)
+
+
 SPLITTERS: dict[str, Callable[[pd.DataFrame, Fractions, int], pd.Series]] = {
+    "all": _all_test,
     "paper": _stratified,
     "grouped": _grouped,
     "official": _official,

@@ -1,0 +1,84 @@
+"""DataConfig -> train/val/test Ray Datasets of decoded images, plus the accounting."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+import ray
+
+from wbc_ray.classes import resolve_classes
+from wbc_ray.config import DataConfig
+from wbc_ray.data.dataset import from_cache_or_decode, split_errors
+from wbc_ray.data.sources import Listing, attach_groups, find_groups_file, list_inputs
+from wbc_ray.data.splits import assign_splits
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    classes: tuple[str, ...]
+    datasets: dict[str, ray.data.Dataset]  # split -> rows with `image` (uint8 HWC), `label`
+    records: pd.DataFrame  # every listed record with its `split`
+    quarantine: pd.DataFrame  # uri, reason: everything that could not be used
+    counts: dict[str, int]  # seen / used / quarantined / unused and per split
+    fingerprint: str
+
+
+def list_labelled(cfg: DataConfig) -> tuple[tuple[str, ...], Listing]:
+    """List the data, attach groups when known, and apply ``limit_per_class``."""
+    if not cfg.data:
+        raise ValueError("no data given: pass --data URI (or run `wbc-ray demo`)")
+    classes = resolve_classes(cfg.classes)
+    listing = list_inputs(cfg.data, classes)
+    groups = cfg.groups or find_groups_file(cfg.data)
+    if groups:
+        listing = attach_groups(listing, groups, cfg.group_column)
+    if listing.records["label"].isna().any():
+        raise ValueError(f"{cfg.data}: training and evaluation need a label for every image")
+    if cfg.limit_per_class:
+        rec = listing.records
+        keep = rec.groupby("label", group_keys=False).apply(
+            lambda g: g.sample(min(len(g), cfg.limit_per_class), random_state=cfg.seed))
+        listing = Listing(rec.loc[sorted(keep.index)].reset_index(drop=True), listing.rejected,
+                          listing.root)
+    return classes, listing
+
+
+def prepare(cfg: DataConfig, size: int) -> PreparedData:
+    """List, split, decode once (or read the cache), and separate bad inputs."""
+    classes, listing = list_labelled(cfg)
+    records = assign_splits(listing.records, cfg.split, tuple(cfg.fractions), cfg.seed)
+    records["label_idx"] = records["label"].map({c: i for i, c in enumerate(classes)})
+    fingerprint = f"{listing.fingerprint()}-{cfg.split}-{cfg.seed}"
+    # Decoding does not depend on the split: the cache serves every split mode and seed.
+    decoded = from_cache_or_decode(records.drop(columns="split"), size, cfg.max_pixels,
+                                   cfg.cache, listing.fingerprint())
+    good, bad = split_errors(decoded)
+    quarantine = pd.concat([listing.rejected, bad], ignore_index=True)
+    split_of = ray.put(dict(zip(records["uri"], records["split"], strict=True)))
+    datasets = {s: good.map_batches(_take_split, fn_kwargs={"split_of": split_of, "split": s},
+                                    batch_format="pandas").materialize()
+                for s in SPLITS}
+    used = records[records["split"].notna()]
+    bad_uris = set(bad["uri"])
+    counts = {"seen": listing.seen, "quarantined": len(quarantine),
+              "unused": int((records["split"].isna() & ~records["uri"].isin(bad_uris)).sum())}
+    per_split = used.loc[~used["uri"].isin(bad_uris)].groupby("split").size()
+    counts.update({s: int(per_split.get(s, 0)) for s in SPLITS})
+    counts["used"] = sum(counts[s] for s in SPLITS)
+    if counts["used"] + counts["quarantined"] + counts["unused"] != counts["seen"]:
+        raise RuntimeError(f"input accounting does not reconcile: {counts}")
+    if len(quarantine):
+        log.warning("%d inputs quarantined (e.g. %s: %s)", len(quarantine),
+                    quarantine["uri"].iloc[0], quarantine["reason"].iloc[0])
+    return PreparedData(classes, datasets, records, quarantine, counts, fingerprint)
+
+
+def _take_split(batch: pd.DataFrame, split_of, split: str) -> pd.DataFrame:
+    mapping = ray.get(split_of) if isinstance(split_of, ray.ObjectRef) else split_of
+    keep = batch["uri"].map(mapping) == split
+    return batch.loc[keep, ["image", "label_idx"]]

@@ -1,0 +1,121 @@
+"""Plain-PyTorch training and evaluation steps. No Ray here: unit-testable on tensors."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from wbc_ray.data.augment import augment_batch
+
+Batch = dict[str, torch.Tensor]  # {"image": uint8 (N, H, W, 3), "label_idx": int64 (N,)}
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
+    try:
+        cls = OPTIMIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}") from None
+    return cls([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16/fp16 autocast context, or a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 needs a GPU; use bf16 on CPU")
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+class Normalise(nn.Module):
+    """uint8 NHWC -> float NCHW in the model's normalisation (and memory format)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels_last: bool = True):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0))
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float()
+        return ((x - self.mean) * self.inv_std).contiguous(memory_format=self.memory_format)
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer, norm: Normalise,
+                    device: torch.device, precision: str = "fp32", augment: bool = True,
+                    loss_fn: nn.Module | None = None, scaler=None) -> dict[str, float]:
+    """One pass over ``batches``; returns mean loss, accuracy, images and images/s."""
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    model.train()
+    total_loss, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
+    for batch in batches:
+        x = norm(batch["image"].to(device, non_blocking=True))
+        y = batch["label_idx"].to(device, non_blocking=True).long()
+        if augment:
+            x = augment_batch(x)
+        with autocast(device, precision):
+            logits = model(x)
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total_loss += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    dt = time.perf_counter() - t0
+    return {"loss": total_loss / max(n, 1), "acc": correct / max(n, 1), "images": n,
+            "seconds": dt, "images_per_s": n / dt if dt > 0 else 0.0}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches: Iterable[Batch], norm: Normalise, device: torch.device,
+             precision: str = "fp32", return_probs: bool = False) -> dict:
+    """Mean cross-entropy and accuracy; with ``return_probs`` also labels and probabilities."""
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    labels, probs = [], []
+    for batch in batches:
+        x = norm(batch["image"].to(device))
+        y = batch["label_idx"].to(device).long()
+        with autocast(device, precision):
+            logits = model(x).float()
+        total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+        if return_probs:
+            labels.append(y.cpu())
+            probs.append(logits.softmax(1).cpu())
+    out = {"loss": total_loss / max(n, 1), "acc": correct / max(n, 1), "images": n}
+    if return_probs:
+        out["labels"] = torch.cat(labels).numpy() if labels else None
+        out["probs"] = torch.cat(probs).numpy() if probs else None
+    return out
+
+
+class EarlyStopping:
+    """Tracks the best validation loss; ``step`` returns True when patience is exhausted."""
+
+    def __init__(self, patience: int | None, best: float = float("inf"), bad_epochs: int = 0):
+        self.patience, self.best, self.bad_epochs = patience, best, bad_epochs
+
+    def step(self, val_loss: float) -> tuple[bool, bool]:
+        """Returns (improved, should_stop)."""
+        improved = val_loss < self.best
+        if improved:
+            self.best, self.bad_epochs = val_loss, 0
+        else:
+            self.bad_epochs += 1
+        stop = self.patience is not None and self.bad_epochs >= self.patience
+        return improved, stop

@@ -1,0 +1,169 @@
+"""Ray Train glue: datasets, workers, checkpoints and reports around the plain loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from wbc_ray import storage
+from wbc_ray.config import RunConfig, from_dict, to_dict
+from wbc_ray.data.prepare import PreparedData
+from wbc_ray.models import build_model, get_spec
+from wbc_ray.models.checkpoint import (
+    CheckpointMeta,
+    load_checkpoint,
+    load_train_state,
+    save_checkpoint,
+)
+from wbc_ray.training.loop import (
+    EarlyStopping,
+    Normalise,
+    evaluate,
+    make_optimizer,
+    train_one_epoch,
+)
+
+log = logging.getLogger(__name__)
+
+
+def model_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    m = cfg.model
+    if m.name == "paper_cnn":
+        return {"hidden": list(m.hidden), "dropout": m.dropout}
+    return {"pretrained": m.pretrained, "weights": m.weights, "finetune": m.finetune}
+
+
+def _all_reduce(values: list[float]) -> list[float]:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: the plain loop plus reports and checkpoints."""
+    cfg = from_dict(RunConfig, config["run"])
+    t, ctx = cfg.train, ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.manual_seed(t.seed + rank)
+    device = ray.train.torch.get_device()
+    meta = CheckpointMeta.for_model(cfg.model.name, config["classes"], model_kwargs(cfg),
+                                    config=config["run"], data_fingerprint=config["fingerprint"])
+    model = build_model(cfg.model.name, len(meta.classes), **model_kwargs(cfg))
+    state, history = None, []
+    resume = ray.train.get_checkpoint()
+    if resume:
+        with resume.as_directory() as d:
+            model, _ = load_checkpoint(d)
+            state = load_train_state(d)
+        history = json.loads(state["history"])
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    optimizer = make_optimizer(t.optimizer, model.parameters(), t.lr, t.weight_decay)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+    early = EarlyStopping(t.patience, *(state["early"] if state else (float("inf"), 0)))
+    scaler = torch.amp.GradScaler() if t.precision == "fp16" else None
+    norm = Normalise(meta.mean, meta.std, t.channels_last).to(device)
+    train_shard, val_shard = (ray.train.get_dataset_shard(s) for s in ("train", "val"))
+    fault = config.get("fault_injection") or {}
+    for epoch in range(len(history), t.epochs):
+        batches = train_shard.iter_torch_batches(batch_size=t.batch_size, drop_last=False,
+                                                 local_shuffle_buffer_size=4 * t.batch_size,
+                                                 local_shuffle_seed=t.seed * 1000 + epoch)
+        tr = train_one_epoch(model, batches, optimizer, norm, device, t.precision, t.augment,
+                             scaler=scaler)
+        loss_sum, correct, n, secs = _all_reduce(
+            [tr["loss"] * tr["images"], tr["acc"] * tr["images"], tr["images"], tr["seconds"]])
+        va = evaluate(model, val_shard.iter_torch_batches(batch_size=256), norm, device,
+                      t.precision)
+        improved, stop = early.step(va["loss"])
+        row = {"epoch": epoch, "train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1),
+               "val_loss": va["loss"], "val_acc": va["acc"], "images": int(n),
+               "images_per_s": n / (secs / ctx.get_world_size()) if secs else 0.0,
+               "best_val_loss": early.best, "improved": improved}
+        history.append(row)
+        _report(model, optimizer, meta, row, history, early, config["run_dir"], rank, improved)
+        if fault.get("epoch") == epoch and not os.path.exists(fault["marker"]):
+            open(fault["marker"], "w").close()
+            os._exit(1)  # simulate a worker dying mid-run (tests only)
+        if stop:
+            break
+
+
+def _report(model, optimizer, meta, row, history, early, run_dir, rank, improved) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the checkpoint and keeps the best."""
+    epoch_meta = CheckpointMeta(**{**meta.__dict__, "epoch": row["epoch"],
+                                   "metrics": {k: v for k, v in row.items()
+                                               if isinstance(v, float)}})
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            state = {"optimizer": optimizer.state_dict(), "history": json.dumps(history),
+                     "early": (early.best, early.bad_epochs)}
+            save_checkpoint(tmp, model, epoch_meta, train_state=state)
+            if improved:
+                save_checkpoint(storage.join(run_dir, "best"), model, epoch_meta)
+            checkpoint = Checkpoint.from_directory(tmp)
+        ray.train.report(row, checkpoint=checkpoint)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: str
+    best_checkpoint: str
+    history: list[dict[str, Any]]
+    counts: dict[str, int]
+    seconds: float
+
+
+def build_trainer(cfg: RunConfig, data: PreparedData, run_dir: str, name: str,
+                  storage_path: str, callbacks=None, extra: dict | None = None) -> TorchTrainer:
+    """The TorchTrainer for ``cfg`` (shared by ``train`` and Tune trials)."""
+    t = cfg.train
+    use_gpu = t.gpus > 0
+    scaling = ScalingConfig(num_workers=t.gpus if use_gpu else t.workers, use_gpu=use_gpu,
+                            resources_per_worker={"CPU": t.cpus_per_worker,
+                                                  **({"GPU": 1} if use_gpu else {})})
+    fs, path = storage.pyarrow_filesystem(storage_path)
+    run_config = ray.train.RunConfig(
+        name=name, storage_path=path, storage_filesystem=fs,
+        checkpoint_config=CheckpointConfig(num_to_keep=1),
+        failure_config=FailureConfig(max_failures=t.max_failures), callbacks=callbacks)
+    loop_config = {"run": to_dict(cfg), "classes": list(data.classes),
+                   "fingerprint": data.fingerprint, "run_dir": run_dir, **(extra or {})}
+    return TorchTrainer(worker_loop, train_loop_config=loop_config, scaling_config=scaling,
+                        run_config=run_config,
+                        datasets={"train": data.datasets["train"], "val": data.datasets["val"]},
+                        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
+
+
+def fit(cfg: RunConfig, data: PreparedData, run_dir: str, extra: dict | None = None
+        ) -> TrainResult:
+    """Train under Ray Train; rerunning the same run directory resumes it."""
+    t0 = time.perf_counter()
+    if data.counts["train"] == 0 or data.counts["val"] == 0:
+        raise ValueError(f"empty train or validation split: {data.counts}")
+    storage_path, name = run_dir.rstrip("/").rsplit("/", 1)
+    trainer = build_trainer(cfg, data, run_dir, name, storage_path, extra=extra)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        history = json.loads(load_train_state(d)["history"])
+    return TrainResult(run_dir, storage.join(run_dir, "best"), history, data.counts,
+                       time.perf_counter() - t0)

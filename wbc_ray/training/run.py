@@ -1,0 +1,83 @@
+"""`wbc-ray train`: prepare data, fit under Ray Train, write the run's artefacts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import pandas as pd
+
+from wbc_ray import storage
+from wbc_ray.config import RunConfig, dump_yaml
+from wbc_ray.data.dataset import Quarantine
+from wbc_ray.data.prepare import prepare
+from wbc_ray.models import get_spec
+from wbc_ray.ray_session import init_ray, wait_for_gpus
+from wbc_ray.training.ray_train import TrainResult, fit
+
+log = logging.getLogger(__name__)
+
+
+def run_name(cfg: RunConfig) -> str:
+    return cfg.train.name or f"{cfg.model.name}-{cfg.data.split}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_dir_of(cfg: RunConfig) -> str:
+    root = cfg.train.output
+    if not storage.is_remote(root):
+        root = storage.filesystem(root)[1]  # absolute: workers may run elsewhere
+    return storage.join(root, run_name(cfg))
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    result: TrainResult
+    test_metrics: dict | None
+    files: dict[str, str]
+
+
+def train(cfg: RunConfig, evaluate_test: bool = True, num_cpus: int | None = None,
+          extra: dict | None = None) -> TrainOutcome:
+    """Train ``cfg`` end to end. Rerunning with the same ``train.name`` resumes the run."""
+    init_ray(num_cpus)
+    if cfg.train.gpus > 0:
+        wait_for_gpus(cfg.train.gpus, cfg.train.gpu_wait_s)
+    cfg = replace(cfg, train=replace(cfg.train, name=run_name(cfg)))
+    run_dir = run_dir_of(cfg)
+    spec = get_spec(cfg.model.name)
+    data = prepare(cfg.data, spec.input_size)
+    log.info("data %s: %s", cfg.data.data, data.counts)
+    storage.write_text(storage.join(run_dir, "config.yaml"), dump_yaml(cfg))
+    storage.write_text(storage.join(run_dir, "data.json"),
+                       json.dumps({"counts": data.counts, "fingerprint": data.fingerprint,
+                                   "classes": list(data.classes)}, indent=2))
+    Quarantine(data.quarantine).write(run_dir)
+    result = fit(cfg, data, run_dir, extra=extra)
+    files = write_history(result.history, run_dir, f"{cfg.model.name} ({cfg.data.split} split)")
+    test_metrics = None
+    if evaluate_test and data.counts["test"] > 0:
+        from wbc_ray.evaluation.run import predict, write_report
+        from wbc_ray.evaluation.metrics import compute_metrics
+
+        labels, probs = predict(data.datasets["test"], result.best_checkpoint)
+        test_metrics = compute_metrics(labels, probs, data.classes)
+        test_metrics.update({"split": cfg.data.split, "part": "test", "counts": data.counts,
+                             "epochs_run": len(result.history), "train_seconds": result.seconds})
+        out = storage.join(run_dir, "eval-test")
+        files.update(write_report(test_metrics, out, f"{cfg.model.name}: test split "
+                                                     f"({cfg.data.split})"))
+    return TrainOutcome(result, test_metrics, files)
+
+
+def write_history(history: list[dict], run_dir: str, title: str) -> dict[str, str]:
+    """history.csv + curves.png (loss and accuracy per epoch, like the paper's Figs. 4-5)."""
+    from wbc_ray.evaluation.metrics import plot_curves
+
+    csv = storage.join(run_dir, "history.csv")
+    storage.write_text(csv, pd.DataFrame(history).to_csv(index=False))
+    png = storage.join(run_dir, "curves.png")
+    with storage.local_copy_for_write(png) as local:
+        plot_curves(history, local, title)
+    return {"history": csv, "curves": png}
