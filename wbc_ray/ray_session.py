@@ -25,7 +25,7 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
     kwargs = {"runtime_env": {"env_vars": env}} if env else {}
     if not os.environ.get("RAY_ADDRESS") and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
-    ray.init(log_to_driver=not quiet, include_dashboard=False, **kwargs)
+    ray.init(include_dashboard=False, **kwargs)
     if quiet:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.train").setLevel(logging.WARNING)

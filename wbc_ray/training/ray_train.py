@@ -97,12 +97,22 @@ def worker_loop(config: dict[str, Any]) -> None:
                "images_per_s": n / (secs / ctx.get_world_size()) if secs else 0.0,
                "best_val_loss": early.best, "improved": improved}
         history.append(row)
+        if rank == 0:
+            _progress(row, t.epochs, secs / ctx.get_world_size())
         _report(model, optimizer, meta, row, history, early, config["run_dir"], rank, improved)
         if fault.get("epoch") == epoch and not os.path.exists(fault["marker"]):
             open(fault["marker"], "w").close()
             os._exit(1)  # simulate a worker dying mid-run (tests only)
         if stop:
             break
+
+
+def _progress(row: dict, epochs: int, epoch_s: float) -> None:
+    eta = (epochs - row["epoch"] - 1) * epoch_s
+    print(f"epoch {row['epoch'] + 1}/{epochs}  train loss {row['train_loss']:.4f} "
+          f"acc {row['train_acc']:.3f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}  "
+          f"{row['images_per_s']:.0f} img/s  ETA {eta / 60:.1f} min"
+          f"{'  *best*' if row['improved'] else ''}", flush=True)
 
 
 def _report(model, optimizer, meta, row, history, early, run_dir, rank, improved) -> None:
