@@ -47,7 +47,8 @@ def _grouped(df: pd.DataFrame, fractions: Fractions, seed: int) -> pd.Series:
         raise ValueError("grouped split needs a group for every image: pass --groups CSV or a "
                          "manifest with a 'group' column")
     n_groups = df["group"].nunique()
-    n_folds = min(20, n_groups)
+    # sklearn needs some class with at least n_folds members
+    n_folds = min(20, n_groups, int(df["label"].value_counts().max()))
     if n_folds < 3:
         raise ValueError(f"grouped split needs at least 3 groups, found {n_groups}")
     folds = np.empty(len(df), dtype=int)
@@ -55,8 +56,8 @@ def _grouped(df: pd.DataFrame, fractions: Fractions, seed: int) -> pd.Series:
     for k, (_, idx) in enumerate(sgkf.split(df, df["label"], df["group"])):
         folds[idx] = k
     # Deal whole folds: the first ~10% of folds to test, the next ~20% to val.
-    n_test = round(fractions[2] * n_folds)
-    n_val = round(fractions[1] * n_folds)
+    n_test = max(1, round(fractions[2] * n_folds)) if fractions[2] > 0 else 0
+    n_val = max(1, round(fractions[1] * n_folds)) if fractions[1] > 0 else 0
     names = np.array(["test"] * n_test + ["val"] * n_val + ["train"] * (n_folds - n_test - n_val))
     return pd.Series(names[folds], index=df.index, dtype=object)
 

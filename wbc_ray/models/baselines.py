@@ -56,7 +56,9 @@ def _load_imagenet(model: nn.Module, weights_enum, weights: str | None) -> None:
                 f"Offline clusters: pass model.weights=<path or s3:// URI of that file>."
             ) from e
     missing, unexpected = model.load_state_dict(state, strict=False)
-    significant = [k for k in missing if not k.startswith("AuxLogits")]
+    # The ImageNet classifier (and Inception's auxiliary head) are replaced by our head.
+    replaced = ("AuxLogits", "fc.", "classifier.")
+    significant = [k for k in missing if not k.startswith(replaced)]
     if significant:
         raise ValueError(f"weights file does not fit {type(model).__name__}: missing "
                          f"{significant[:5]}{'...' if len(significant) > 5 else ''}")
