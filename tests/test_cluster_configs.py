@@ -53,11 +53,16 @@ ENTRYPOINT_OPTIONS = {
     "jobs/nightly_score.py": {"--checkpoint", "--input", "--output"},
 }
 # Env vars that may only come from a Secret (valueFrom), never a literal value.
-SECRET_ENV_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                   "RAY_AUTH_TOKEN"}
+SECRET_ENV_VARS = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "RAY_AUTH_TOKEN",
+}
 AWS_ACCESS_KEY_ID_LITERAL = re.compile(r"AKIA[0-9A-Z]{16}")
 AWS_SECRET_LITERAL = re.compile(
-    r"(?i)aws_secret_access_key[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+]{30,}")
+    r"(?i)aws_secret_access_key[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+]{30,}"
+)
 # The nightly RayJob template carries this token until the CronJob renders it.
 RUN_DATE_PLACEHOLDER = "__RUN_DATE__"
 
@@ -140,8 +145,10 @@ def env_entry(container: dict, name: str) -> dict | None:
 
 def gpus(container: dict) -> tuple[int, int]:
     resources = container.get("resources") or {}
-    return (int((resources.get("requests") or {}).get(GPU, 0)),
-            int((resources.get("limits") or {}).get(GPU, 0)))
+    return (
+        int((resources.get("requests") or {}).get(GPU, 0)),
+        int((resources.get("limits") or {}).get(GPU, 0)),
+    )
 
 
 def container_problems(where: str, container: dict, *, ray_node: bool) -> list[str]:
@@ -149,8 +156,8 @@ def container_problems(where: str, container: dict, *, ray_node: bool) -> list[s
     image = container.get("image", "")
     if not container.get("name") or not image:
         problems.append(f"{where}: container needs a name and an image")
-    if image.startswith("rayproject/") and image not in {CPU_IMAGE, GPU_IMAGE}:
-        problems.append(f"{where}: image {image!r} is not {CPU_IMAGE} or {GPU_IMAGE}")
+    if image not in {CPU_IMAGE, GPU_IMAGE} and (ray_node or image.startswith("rayproject/")):
+        problems.append(f"{where}: image {image!r} must be {CPU_IMAGE} or {GPU_IMAGE}")
     if ":" not in image or image.endswith(":latest"):
         problems.append(f"{where}: image {image!r} has no pinned tag")
     requested, limited = gpus(container)
@@ -161,8 +168,6 @@ def container_problems(where: str, container: dict, *, ray_node: bool) -> list[s
     for entry in container.get("env") or []:
         if entry.get("name") in SECRET_ENV_VARS and "value" in entry:
             problems.append(f"{where}: {entry['name']} is a literal; use valueFrom.secretKeyRef")
-    if ray_node and image not in {CPU_IMAGE, GPU_IMAGE}:
-        problems.append(f"{where}: a Ray container must run {CPU_IMAGE} or {GPU_IMAGE}")
     return problems + (auth_env_problems(where, container) if ray_node else [])
 
 
@@ -177,8 +182,9 @@ def auth_env_problems(where: str, container: dict) -> list[str]:
     return []
 
 
-def pod_problems(where: str, template: Any, *, ray_pod: bool,
-                 object_storage: bool = False) -> list[str]:
+def pod_problems(
+    where: str, template: Any, *, ray_pod: bool, object_storage: bool = False
+) -> list[str]:
     """Checks a pod template; in a Ray pod the first container is the Ray one (KubeRay's rule)."""
     spec = template.get("spec") if isinstance(template, dict) else None
     if not isinstance(spec, dict) or not spec.get("containers"):
@@ -186,12 +192,34 @@ def pod_problems(where: str, template: Any, *, ray_pod: bool,
     ray_container = spec["containers"][0] if ray_pod else None
     problems = []
     for c in spec.get("initContainers", []) + spec["containers"]:
-        problems += container_problems(f"{where}/{c.get('name')}", c,
-                                       ray_node=c is ray_container)
-    if object_storage and not any("secretRef" in source
-                                  for source in ray_container.get("envFrom") or []):
+        problems += container_problems(f"{where}/{c.get('name')}", c, ray_node=c is ray_container)
+    if object_storage and not any(
+        "secretRef" in source for source in ray_container.get("envFrom") or []
+    ):
         problems.append(f"{where}: object-storage settings must come from envFrom.secretRef")
     return problems
+
+
+def token_secrets(tree: Any) -> set[str]:
+    """Names of the Secrets that RAY_AUTH_TOKEN env entries anywhere in `tree` read."""
+    if isinstance(tree, list):
+        return {name for item in tree for name in token_secrets(item)}
+    if not isinstance(tree, dict):
+        return set()
+    if tree.get("name") == "RAY_AUTH_TOKEN" and "valueFrom" in tree:
+        return {((tree["valueFrom"] or {}).get("secretKeyRef") or {}).get("name", "")}
+    return {name for value in tree.values() for name in token_secrets(value)}
+
+
+def token_secret_problems(where: str, tree: Any, cluster_spec: Any) -> list[str]:
+    """Every Ray container reads the one token Secret that authOptions names."""
+    expected = ((cluster_spec or {}).get("authOptions") or {}).get("secretName")
+    found = token_secrets(tree)
+    if expected and found != {expected}:
+        return [
+            f"{where}: RAY_AUTH_TOKEN must come from Secret {expected!r} only, got {sorted(found)}"
+        ]
+    return []
 
 
 def raycluster_spec_problems(where: str, spec: Any) -> list[str]:
@@ -200,23 +228,32 @@ def raycluster_spec_problems(where: str, spec: Any) -> list[str]:
     problems = []
     if spec.get("rayVersion") != RAY_VERSION:
         problems.append(f"{where}: rayVersion {spec.get('rayVersion')!r} != {RAY_VERSION}")
+    auth = spec.get("authOptions") or {}
+    if auth.get("mode") != "token" or not auth.get("secretName"):
+        # Without it the operator has no token for its own dashboard calls.
+        problems.append(f"{where}: authOptions must be {{mode: token, secretName: <Secret>}}")
     head = spec.get("headGroupSpec")
     if not isinstance(head, dict) or not isinstance(head.get("rayStartParams"), dict):
         return problems + [f"{where}: headGroupSpec with rayStartParams is required"]
-    problems += pod_problems(f"{where}/head", head.get("template"), ray_pod=True,
-                         object_storage=True)
+    problems += pod_problems(
+        f"{where}/head", head.get("template"), ray_pod=True, object_storage=True
+    )
     service_type = head.get("serviceType", "ClusterIP")
     if service_type != "ClusterIP" or head.get("enableIngress"):
-        problems.append(f"{where}: head service must be ClusterIP without ingress, "
-                        f"got {service_type!r}")
+        problems.append(
+            f"{where}: head service must be ClusterIP without ingress, got {service_type!r}"
+        )
     groups = spec.get("workerGroupSpecs")
     if not isinstance(groups, list) or not groups:
         return problems + [f"{where}: workerGroupSpecs must be a non-empty list"]
     for group in groups:
         problems += worker_group_problems(f"{where}/{group.get('groupName')}", group)
     if spec.get("enableInTreeAutoscaling"):
-        autoscaler = {"name": "autoscaler", "image": CPU_IMAGE,
-                      **(spec.get("autoscalerOptions") or {})}
+        autoscaler = {
+            "name": "autoscaler",
+            "image": CPU_IMAGE,
+            **(spec.get("autoscalerOptions") or {}),
+        }
         problems += auth_env_problems(f"{where}/autoscaler", autoscaler)
     return problems
 
@@ -228,8 +265,7 @@ def worker_group_problems(where: str, group: dict) -> list[str]:
     sizes = [group.get(k) for k in ("minReplicas", "replicas", "maxReplicas")]
     if not all(isinstance(n, int) for n in sizes) or not 0 <= sizes[0] <= sizes[1] <= sizes[2]:
         problems.append(f"{where}: need 0 <= minReplicas <= replicas <= maxReplicas, got {sizes}")
-    return problems + pod_problems(where, group.get("template"), ray_pod=True,
-                                   object_storage=True)
+    return problems + pod_problems(where, group.get("template"), ray_pod=True, object_storage=True)
 
 
 def ray_gpus(spec: dict) -> list[tuple[dict, int]]:
@@ -249,8 +285,10 @@ def train_gpu_problems(where: str, spec: dict, options: dict[str, str]) -> list[
     total = sum(group.get("replicas", 0) * per_pod for group, per_pod in groups)
     problems = []
     if str(total) != options.get("--gpus"):
-        problems.append(f"{where}: worker GPUs add up to {total}, entrypoint asks "
-                        f"--gpus {options.get('--gpus')}")
+        problems.append(
+            f"{where}: worker GPUs add up to {total}, entrypoint asks "
+            f"--gpus {options.get('--gpus')}"
+        )
     for group, _ in groups:
         if not group.get("minReplicas") == group.get("replicas") == group.get("maxReplicas"):
             problems.append(f"{where}/{group.get('groupName')}: GPU group must be fixed-size")
@@ -282,12 +320,15 @@ def runtime_env_problems(where: str, runtime_env_yaml: str) -> list[str]:
         return [f"{where}: runtimeEnvYAML is not valid YAML: {err}"]
     version = PYPROJECT["project"]["version"]
     problems = []
-    if not re.fullmatch(rf"s3://[^/]+/.+/wbc-ray-{re.escape(version)}\.zip",
-                        str(runtime_env.get("working_dir"))):
+    if not re.fullmatch(
+        rf"s3://[^/]+/.+/wbc-ray-{re.escape(version)}\.zip", str(runtime_env.get("working_dir"))
+    ):
         problems.append(f"{where}: working_dir must be an s3:// wbc-ray-{version}.zip archive")
     if runtime_env.get("pip") != runtime_env_pip():
-        problems.append(f"{where}: runtime_env pip must equal pyproject's dependencies "
-                        f"without ray: {runtime_env_pip()}")
+        problems.append(
+            f"{where}: runtime_env pip must equal pyproject's dependencies "
+            f"without ray: {runtime_env_pip()}"
+        )
     return problems
 
 
@@ -297,9 +338,11 @@ def rayjob_problems(where: str, doc: dict) -> list[str]:
     if not isinstance(entrypoint, str) or not entrypoint.strip():
         return [f"{where}: spec.entrypoint is required"]
     problems = raycluster_spec_problems(f"{where}/rayClusterSpec", spec.get("rayClusterSpec"))
+    problems += token_secret_problems(where, spec, spec.get("rayClusterSpec"))
     if "$" in entrypoint:
-        problems.append(f"{where}: entrypoint must not contain '$' "
-                        "(the submitter shell expands it)")
+        problems.append(
+            f"{where}: entrypoint must not contain '$' (the submitter shell expands it)"
+        )
     try:
         script, options = parse_entrypoint(entrypoint)
     except ValueError as err:
@@ -314,8 +357,7 @@ def rayjob_problems(where: str, doc: dict) -> list[str]:
     problems += runtime_env_problems(where, spec.get("runtimeEnvYAML", ""))
     if spec.get("submitterPodTemplate") is not None:
         # The submitter runs `ray job submit`: a Ray image and the token, no object storage.
-        problems += pod_problems(f"{where}/submitter", spec["submitterPodTemplate"],
-                                 ray_pod=True)
+        problems += pod_problems(f"{where}/submitter", spec["submitterPodTemplate"], ray_pod=True)
     if spec.get("shutdownAfterJobFinishes") is not True:
         problems.append(f"{where}: shutdownAfterJobFinishes must be true (no idle GPU clusters)")
     return problems
@@ -345,7 +387,10 @@ def no_problems(where: str, doc: dict) -> list[str]:
 
 
 KIND_CHECKS: dict[tuple[str, str], Callable[[str, dict], list[str]]] = {
-    ("ray.io/v1", "RayCluster"): lambda w, d: raycluster_spec_problems(w, d.get("spec")),
+    ("ray.io/v1", "RayCluster"): lambda w, d: (
+        raycluster_spec_problems(w, d.get("spec"))
+        + token_secret_problems(w, d.get("spec"), d.get("spec"))
+    ),
     ("ray.io/v1", "RayJob"): rayjob_problems,
     ("batch/v1", "CronJob"): cronjob_problems,
     ("v1", "Service"): service_problems,
@@ -361,8 +406,10 @@ def manifest_problems(doc: dict) -> list[str]:
     where = f"{doc.get('kind')}/{meta.get('name') or meta.get('generateName')}"
     check = KIND_CHECKS.get((doc.get("apiVersion"), doc.get("kind")))
     if check is None:
-        return [f"{where}: unknown apiVersion/kind {doc.get('apiVersion')}/{doc.get('kind')} "
-                "(Secrets are created with kubectl, never committed; no Ingress)"]
+        return [
+            f"{where}: unknown apiVersion/kind {doc.get('apiVersion')}/{doc.get('kind')} "
+            "(Secrets are created with kubectl, never committed; no Ingress)"
+        ]
     if not (meta.get("name") or meta.get("generateName")):
         return [f"{where}: metadata.name or metadata.generateName is required"]
     return check(where, doc)
@@ -375,22 +422,40 @@ def wiring_problems(docs: list[dict]) -> list[str]:
     for cron in (d for d in docs if d.get("kind") == "CronJob"):
         pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         account = pod.get("serviceAccountName")
-        bindings = [d for d in docs if d.get("kind") == "RoleBinding"
-                    and any(s.get("kind") == "ServiceAccount" and s.get("name") == account
-                            for s in d.get("subjects", []))]
-        roles = [d for b in bindings for d in docs if d.get("kind") == "Role"
-                 and d["metadata"]["name"] == b["roleRef"]["name"]]
-        can_create = any("ray.io" in r.get("apiGroups", []) and "rayjobs" in r.get("resources", [])
-                         and "create" in r.get("verbs", [])
-                         for role in roles for r in role.get("rules", []))
+        bindings = [
+            d
+            for d in docs
+            if d.get("kind") == "RoleBinding"
+            and any(
+                s.get("kind") == "ServiceAccount" and s.get("name") == account
+                for s in d.get("subjects", [])
+            )
+        ]
+        roles = [
+            d
+            for b in bindings
+            for d in docs
+            if d.get("kind") == "Role" and d["metadata"]["name"] == b["roleRef"]["name"]
+        ]
+        can_create = any(
+            "ray.io" in r.get("apiGroups", [])
+            and "rayjobs" in r.get("resources", [])
+            and "create" in r.get("verbs", [])
+            for role in roles
+            for r in role.get("rules", [])
+        )
         if ("ServiceAccount", account) not in names or not can_create:
-            problems.append(f"CronJob/{cron['metadata']['name']}: service account {account!r} "
-                            "must exist and be bound to a Role that can create ray.io rayjobs")
+            problems.append(
+                f"CronJob/{cron['metadata']['name']}: service account {account!r} "
+                "must exist and be bound to a Role that can create ray.io rayjobs"
+            )
         for volume in pod.get("volumes", []):
             config_map = (volume.get("configMap") or {}).get("name")
             if config_map and ("ConfigMap", config_map) not in names:
-                problems.append(f"CronJob/{cron['metadata']['name']}: ConfigMap {config_map!r} "
-                                "is not defined in the same file")
+                problems.append(
+                    f"CronJob/{cron['metadata']['name']}: ConfigMap {config_map!r} "
+                    "is not defined in the same file"
+                )
     return problems
 
 
@@ -440,12 +505,18 @@ def identity_problems(config: dict) -> list[str]:
     provider = config["provider"]
     if "gcp_credentials" in provider:
         return ["provider.gcp_credentials embeds credentials; use a service account"]
-    workers = {name: t for name, t in config["available_node_types"].items()
-               if name != config["head_node_type"]}
+    workers = {
+        name: t
+        for name, t in config["available_node_types"].items()
+        if name != config["head_node_type"]
+    }
     field = {"aws": "IamInstanceProfile", "gcp": "serviceAccounts"}[provider["type"]]
     nodes = workers if provider["type"] == "gcp" else config["available_node_types"]
-    return [f"node type {name}: node_config needs {field}"
-            for name, t in nodes.items() if field not in t["node_config"]]
+    return [
+        f"node type {name}: node_config needs {field}"
+        for name, t in nodes.items()
+        if field not in t["node_config"]
+    ]
 
 
 def launcher_problems(config: dict, *, gpus_needed: int) -> list[str]:
@@ -461,8 +532,10 @@ def launcher_problems(config: dict, *, gpus_needed: int) -> list[str]:
     node_types = config["available_node_types"]
     if node_types[config["head_node_type"]]["resources"].get("CPU") != 0:
         problems.append("the head node type must advertise CPU: 0 (no work on the head)")
-    if not any(t["resources"].get("GPU", 0) >= gpus_needed and t["max_workers"] >= 1
-               for t in node_types.values()):
+    if not any(
+        t["resources"].get("GPU", 0) >= gpus_needed and t["max_workers"] >= 1
+        for t in node_types.values()
+    ):
         problems.append(f"no worker node type offers {gpus_needed} GPUs for `train --gpus`")
     head_start = " ".join(config["head_start_ray_commands"])
     if "--dashboard-host=127.0.0.1" not in head_start or "0.0.0.0" in head_start:
@@ -493,8 +566,9 @@ def _rename_global_max_workers(config):
 
 
 def _rename_node_type_max_workers(config):
-    worker = next(t for n, t in config["available_node_types"].items()
-                  if n != config["head_node_type"])
+    worker = next(
+        t for n, t in config["available_node_types"].items() if n != config["head_node_type"]
+    )
     worker["max_worker"] = worker.pop("max_workers")
 
 
@@ -506,10 +580,15 @@ def _resources_not_integer(config):
     next(iter(config["available_node_types"].values()))["resources"]["GPU"] = "eight"
 
 
-@pytest.mark.parametrize("break_config", [_rename_global_max_workers,
-                                          _rename_node_type_max_workers,
-                                          _head_type_not_defined,
-                                          _resources_not_integer])
+@pytest.mark.parametrize(
+    "break_config",
+    [
+        _rename_global_max_workers,
+        _rename_node_type_max_workers,
+        _head_type_not_defined,
+        _resources_not_integer,
+    ],
+)
 @pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
 def test_broken_launcher_config_fails_ray_validation(path, break_config, no_network):
     config = load_launcher(path)
@@ -524,17 +603,23 @@ def _set(path: list, value) -> Callable[[dict], None]:
         for key in path[:-1]:
             target = target[key]
         target[path[-1]] = value
+
     return mutate
 
 
-@pytest.mark.parametrize("mutate, expected", [
-    (_set(["docker", "worker_image"], "rayproject/ray:2.59.0-py311-gpu"), "docker images"),
-    (_set(["docker", "run_options"], []), "RAY_AUTH_MODE"),
-    (_set(["head_start_ray_commands"], ["ray start --head --dashboard-host=0.0.0.0"]),
-     "dashboard"),
-    (_set(["worker_setup_commands"], ["pip install wbc-ray"]), "pip install"),
-    (_set(["file_mounts"], {}), "auth token"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (_set(["docker", "worker_image"], "rayproject/ray:2.59.0-py311-gpu"), "docker images"),
+        (_set(["docker", "run_options"], []), "RAY_AUTH_MODE"),
+        (
+            _set(["head_start_ray_commands"], ["ray start --head --dashboard-host=0.0.0.0"]),
+            "dashboard",
+        ),
+        (_set(["worker_setup_commands"], ["pip install wbc-ray"]), "pip install"),
+        (_set(["file_mounts"], {}), "auth token"),
+    ],
+)
 @pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
 def test_project_rules_reject_broken_launcher_config(path, mutate, expected):
     prepared = ray_validate(load_launcher(path))
@@ -561,8 +646,11 @@ def test_ray_pin_matches_installed_ray():
 
 def test_every_expected_manifest_exists():
     assert {p.name for p in KUBERAY_MANIFESTS} >= {
-        "raycluster.yaml", "rayjob-train.yaml", "rayjob-tune.yaml",
-        "nightly-score-cronjob.yaml"}
+        "raycluster.yaml",
+        "rayjob-train.yaml",
+        "rayjob-tune.yaml",
+        "nightly-score-cronjob.yaml",
+    }
 
 
 @pytest.mark.parametrize("path", KUBERAY_MANIFESTS, ids=lambda p: p.name)
@@ -585,8 +673,14 @@ def test_train_job_gpus_match_its_entrypoint():
 
 def test_nightly_cronjob_submits_the_scoring_rayjob():
     docs = manifest("nightly-score-cronjob.yaml")
-    assert {d["kind"] for d in docs} >= {"CronJob", "ConfigMap", "ServiceAccount", "Role",
-                                         "RoleBinding", "RayJob"}
+    assert {d["kind"] for d in docs} >= {
+        "CronJob",
+        "ConfigMap",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "RayJob",
+    }
     template = find(docs, "ConfigMap")["data"]["rayjob.yaml"]
     assert f"name: wbc-ray-score-{RUN_DATE_PLACEHOLDER}" in template
     assert list(entrypoints(docs)) == ["jobs/nightly_score.py"]
@@ -599,8 +693,9 @@ def test_entrypoints_cover_exactly_the_three_job_scripts():
     assert documented == set(ENTRYPOINT_OPTIONS)
 
 
-@pytest.mark.parametrize("path", [*LAUNCHER_CONFIGS, *KUBERAY_MANIFESTS, CLUSTER_DOC],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [*LAUNCHER_CONFIGS, *KUBERAY_MANIFESTS, CLUSTER_DOC], ids=lambda p: p.name
+)
 def test_no_literal_credentials(path):
     assert secret_literal_problems(path.read_text()) == []
 
@@ -649,13 +744,25 @@ def _load_balancer_head(docs):
 
 
 def _node_port_service(docs):
-    docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dash"},
-                 "spec": {"type": "NodePort", "ports": [{"port": 8265}]}})
+    docs.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "dash"},
+            "spec": {"type": "NodePort", "ports": [{"port": 8265}]},
+        }
+    )
 
 
 def _committed_secret(docs):
-    docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wbc-ray-s3"},
-                 "stringData": {"AWS_ACCESS_KEY_ID": "x"}})
+    docs.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "wbc-ray-s3"},
+            "stringData": {"AWS_ACCESS_KEY_ID": "x"},
+        }
+    )
 
 
 def _no_auth_mode_on_head(docs):
@@ -707,6 +814,15 @@ def _autoscaler_without_token(docs):
     find(docs, "RayCluster")["spec"]["autoscalerOptions"].pop("env")
 
 
+def _no_auth_options(docs):
+    find(docs, "RayJob")["spec"]["rayClusterSpec"].pop("authOptions")
+
+
+def _submitter_token_from_other_secret(docs):
+    submitter = find(docs, "RayJob")["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+    env_entry(submitter, "RAY_AUTH_TOKEN")["valueFrom"]["secretKeyRef"]["name"] = "other"
+
+
 def _cron_without_schedule(docs):
     find(docs, "CronJob")["spec"].pop("schedule")
 
@@ -715,29 +831,34 @@ def _cron_role_cannot_create(docs):
     find(docs, "Role")["rules"][0]["verbs"] = ["get"]
 
 
-@pytest.mark.parametrize("file, mutate, expected", [
-    ("rayjob-train.yaml", _wrong_image_tag, "image"),
-    ("rayjob-train.yaml", _cpu_image_on_gpu_worker, "GPU container must use"),
-    ("rayjob-train.yaml", _gpu_count_mismatch, "worker GPUs add up to 16"),
-    ("rayjob-train.yaml", _gpu_requests_differ_from_limits, "requests 4 != limits 8"),
-    ("rayjob-train.yaml", _load_balancer_head, "ClusterIP"),
-    ("rayjob-train.yaml", _node_port_service, "NodePort"),
-    ("rayjob-train.yaml", _committed_secret, "Secrets are created with kubectl"),
-    ("rayjob-train.yaml", _no_auth_mode_on_head, "RAY_AUTH_MODE"),
-    ("rayjob-train.yaml", _no_auth_mode_on_submitter, "submitter"),
-    ("rayjob-train.yaml", _literal_s3_key, "AWS_SECRET_ACCESS_KEY is a literal"),
-    ("rayjob-train.yaml", _no_object_storage_secret, "envFrom.secretRef"),
-    ("rayjob-train.yaml", _unknown_job_script, "jobs/train_v2.py"),
-    ("rayjob-train.yaml", _missing_option, "--epochs"),
-    ("rayjob-train.yaml", _dollar_in_runtime_env, "'$'"),
-    ("rayjob-tune.yaml", _dependency_drift, "pyproject's dependencies"),
-    ("rayjob-tune.yaml", _missing_worker_groups, "workerGroupSpecs"),
-    ("rayjob-tune.yaml", _missing_ray_start_params, "rayStartParams"),
-    ("raycluster.yaml", _autoscaler_without_token, "autoscaler"),
-    ("nightly-score-cronjob.yaml", _cron_without_schedule, "schedule"),
-    ("nightly-score-cronjob.yaml", _cron_role_cannot_create, "create ray.io rayjobs"),
-    ("nightly-score-cronjob.yaml", _wrong_image_tag, "image"),
-])
+@pytest.mark.parametrize(
+    "file, mutate, expected",
+    [
+        ("rayjob-train.yaml", _wrong_image_tag, "image"),
+        ("rayjob-train.yaml", _cpu_image_on_gpu_worker, "GPU container must use"),
+        ("rayjob-train.yaml", _gpu_count_mismatch, "worker GPUs add up to 16"),
+        ("rayjob-train.yaml", _gpu_requests_differ_from_limits, "requests 4 != limits 8"),
+        ("rayjob-train.yaml", _load_balancer_head, "ClusterIP"),
+        ("rayjob-train.yaml", _node_port_service, "NodePort"),
+        ("rayjob-train.yaml", _committed_secret, "Secrets are created with kubectl"),
+        ("rayjob-train.yaml", _no_auth_mode_on_head, "RAY_AUTH_MODE"),
+        ("rayjob-train.yaml", _no_auth_mode_on_submitter, "submitter"),
+        ("rayjob-train.yaml", _no_auth_options, "authOptions"),
+        ("rayjob-train.yaml", _submitter_token_from_other_secret, "'other'"),
+        ("rayjob-train.yaml", _literal_s3_key, "AWS_SECRET_ACCESS_KEY is a literal"),
+        ("rayjob-train.yaml", _no_object_storage_secret, "envFrom.secretRef"),
+        ("rayjob-train.yaml", _unknown_job_script, "jobs/train_v2.py"),
+        ("rayjob-train.yaml", _missing_option, "--epochs"),
+        ("rayjob-train.yaml", _dollar_in_runtime_env, "'$'"),
+        ("rayjob-tune.yaml", _dependency_drift, "pyproject's dependencies"),
+        ("rayjob-tune.yaml", _missing_worker_groups, "workerGroupSpecs"),
+        ("rayjob-tune.yaml", _missing_ray_start_params, "rayStartParams"),
+        ("raycluster.yaml", _autoscaler_without_token, "autoscaler"),
+        ("nightly-score-cronjob.yaml", _cron_without_schedule, "schedule"),
+        ("nightly-score-cronjob.yaml", _cron_role_cannot_create, "create ray.io rayjobs"),
+        ("nightly-score-cronjob.yaml", _wrong_image_tag, "image"),
+    ],
+)
 def test_checker_rejects_broken_manifest(file, mutate, expected):
     docs = manifest(file)
     assert all_problems(docs) == []
