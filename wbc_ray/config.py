@@ -39,6 +39,7 @@ class ModelConfig:
     pretrained: bool = True  # baselines: start from ImageNet weights
     weights: str | None = None  # baselines: local path or URI of the ImageNet weights file
     finetune: bool = False  # baselines: train the whole network instead of the head only
+    input_size: int | None = None  # None: the model's declared size (100 paper_cnn, 224/299)
 
 
 @dataclass(frozen=True)

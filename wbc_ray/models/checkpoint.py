@@ -43,9 +43,10 @@ class CheckpointMeta:
     metrics: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def for_model(cls, model: str, classes, model_kwargs=None, **kw) -> CheckpointMeta:
+    def for_model(cls, model: str, classes, model_kwargs=None, input_size: int | None = None,
+                  **kw) -> CheckpointMeta:
         spec = get_spec(model)
-        return cls(model, tuple(classes), spec.input_size, spec.mean, spec.std,
+        return cls(model, tuple(classes), input_size or spec.input_size, spec.mean, spec.std,
                    dict(model_kwargs or {}), **kw)
 
 

@@ -46,5 +46,5 @@ class PaperCNN(nn.Module):
 
 @register("paper_cnn", input_size=100, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 def paper_cnn(num_classes: int, hidden: Sequence[int] = (64,), dropout: float = 0.2,
-              **_: object) -> nn.Module:
-    return PaperCNN(num_classes, hidden=hidden, dropout=dropout)
+              in_size: int = 100, **_: object) -> nn.Module:
+    return PaperCNN(num_classes, hidden=hidden, dropout=dropout, in_size=in_size)

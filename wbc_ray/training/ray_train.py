@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 def model_kwargs(cfg: RunConfig) -> dict[str, Any]:
     m = cfg.model
     if m.name == "paper_cnn":
-        return {"hidden": list(m.hidden), "dropout": m.dropout}
+        return {"hidden": list(m.hidden), "dropout": m.dropout,
+                "in_size": m.input_size or 100}
     return {"pretrained": m.pretrained, "weights": m.weights, "finetune": m.finetune}
 
 
@@ -61,7 +62,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(t.seed + rank)
     device = ray.train.torch.get_device()
     meta = CheckpointMeta.for_model(cfg.model.name, config["classes"], model_kwargs(cfg),
-                                    config=config["run"], data_fingerprint=config["fingerprint"])
+                                    input_size=cfg.model.input_size, config=config["run"],
+                                    data_fingerprint=config["fingerprint"])
     model = build_model(cfg.model.name, len(meta.classes), **model_kwargs(cfg))
     state, history = None, []
     resume = ray.train.get_checkpoint()
@@ -96,6 +98,8 @@ def worker_loop(config: dict[str, Any]) -> None:
                "val_loss": va["loss"], "val_acc": va["acc"], "images": int(n),
                "images_per_s": n / (secs / ctx.get_world_size()) if secs else 0.0,
                "best_val_loss": early.best, "improved": improved}
+        if config.get("record_nodes"):  # which node each rank ran on (multi-node tests)
+            row["worker_nodes"] = _gather_nodes(ctx)
         history.append(row)
         if rank == 0:
             _progress(row, t.epochs, secs / ctx.get_world_size())
@@ -105,6 +109,18 @@ def worker_loop(config: dict[str, Any]) -> None:
             os._exit(1)  # simulate a worker dying mid-run (tests only)
         if stop:
             break
+
+
+def _gather_nodes(ctx) -> list[dict]:
+    import socket
+
+    me = {"rank": ctx.get_world_rank(), "node_id": ray.get_runtime_context().get_node_id(),
+          "host": socket.gethostname()}
+    if not torch.distributed.is_initialized():
+        return [me]
+    out: list = [None] * ctx.get_world_size()
+    torch.distributed.all_gather_object(out, me)
+    return out
 
 
 def _progress(row: dict, epochs: int, epoch_s: float) -> None:

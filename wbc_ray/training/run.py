@@ -46,8 +46,7 @@ def train(cfg: RunConfig, evaluate_test: bool = True, num_cpus: int | None = Non
         wait_for_gpus(cfg.train.gpus, cfg.train.gpu_wait_s)
     cfg = replace(cfg, train=replace(cfg.train, name=run_name(cfg)))
     run_dir = run_dir_of(cfg)
-    spec = get_spec(cfg.model.name)
-    data = prepare(cfg.data, spec.input_size)
+    data = prepare(cfg.data, cfg.model.input_size or get_spec(cfg.model.name).input_size)
     log.info("data %s: %s", cfg.data.data, data.counts)
     storage.write_text(storage.join(run_dir, "config.yaml"), dump_yaml(cfg))
     storage.write_text(storage.join(run_dir, "data.json"),
