@@ -12,11 +12,12 @@ from wbc_ray.models.checkpoint import read_meta
 from wbc_ray.training.run import train
 
 
-def _cfg(kaggle, tmp_path, name, **train):
+def _cfg(kaggle, tmp_path, name, limit=200, **train):
     return load_run_config(None, {
         # A small real subset; split by source original so validation is honest.
-        "data": {"data": str(kaggle / "images"), "split": "grouped", "limit_per_class": 150},
-        "train": {"workers": 2, "epochs": 4, "lr": 1e-3, "batch_size": 32, "precision": "bf16",
+        "data": {"data": str(kaggle / "images"), "split": "grouped", "limit_per_class": limit},
+        "train": {"workers": 2, "epochs": 8, "lr": 3e-4, "batch_size": 16, "precision": "bf16",
+                  "augment": False,
                   "output": str(tmp_path), "name": name, **train},
     })
 
@@ -30,9 +31,12 @@ def trained(kaggle, ray_session, tmp_path_factory):
 def test_two_worker_run_beats_chance_on_validation(trained):
     outcome, _ = trained
     hist = outcome.result.history
-    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
-    assert min(h["val_loss"] for h in hist) < np.log(4)  # chance cross-entropy
-    assert max(h["val_acc"] for h in hist) > 0.4  # chance is 0.25
+    assert [h["epoch"] for h in hist] == list(range(8))
+    # Unseen originals, 8 short epochs: well above chance (0.25; 3 sigma ~ 0.35 at n~170),
+    # far below the paper's 150 epochs (docs/RESULTS.md has the long runs).
+    assert min(h["val_loss"] for h in hist) < np.log(4) - 0.02  # chance cross-entropy
+    assert max(h["val_acc"] for h in hist) > 0.33
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"] - 0.2
     assert all(h["images_per_s"] > 0 for h in hist)
 
 
@@ -61,7 +65,7 @@ def test_run_directory_is_complete(trained):
 def test_killed_worker_resumes_without_losing_or_repeating_epochs(kaggle, ray_session,
                                                                    tmp_path):
     marker = tmp_path / "killed-once"
-    cfg = _cfg(kaggle, tmp_path, "faulty", epochs=3, max_failures=2)
+    cfg = _cfg(kaggle, tmp_path, "faulty", limit=30, epochs=3, max_failures=2)
     outcome = train(cfg, evaluate_test=False,
                     extra={"fault_injection": {"epoch": 1, "marker": str(marker)}})
     assert marker.exists()  # a worker process really died after epoch 1's checkpoint
@@ -70,15 +74,15 @@ def test_killed_worker_resumes_without_losing_or_repeating_epochs(kaggle, ray_se
 
 def test_rerun_with_same_name_resumes_and_does_not_retrain(kaggle, ray_session, trained):
     outcome, root = trained
-    cfg = _cfg(kaggle, root, "two-workers", epochs=5)
+    cfg = _cfg(kaggle, root, "two-workers", epochs=9)
     again = train(cfg, evaluate_test=False)
     hist = again.result.history
-    assert [h["epoch"] for h in hist] == [0, 1, 2, 3, 4]
-    assert hist[:4] == outcome.result.history  # restored, not recomputed
+    assert [h["epoch"] for h in hist] == list(range(9))
+    assert hist[:8] == outcome.result.history  # restored, not recomputed
 
 
 def test_gpus_without_gpus_fails_fast(kaggle, ray_session, tmp_path):
-    cfg = _cfg(kaggle, tmp_path, "gpu", gpus=8, gpu_wait_s=1.0)
+    cfg = _cfg(kaggle, tmp_path, "gpu", limit=5, gpus=8, gpu_wait_s=1.0)
     t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="--gpus 8 requested but the Ray cluster has 0 GPU"):
         train(cfg)

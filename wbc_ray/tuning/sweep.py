@@ -10,7 +10,8 @@ Layout under ``<tune.output>/<tune.name>/``::
     config.yaml          the resolved RunConfig the sweep started with
     tune/                Ray Tune's experiment (state used to resume)
     runs/trial_<id>/     each trial's Ray Train run; best weights in best/
-    trials.parquet/.csv  one row per trial: params, best val loss/acc, epochs, status
+    trials.parquet/.csv  one row per trial: params, best val loss (and the val acc of that
+                         epoch), epochs run, status (done | stopped | error)
     best_config.yaml     the input config with the best params, for `wbc-ray train`
     best_checkpoint.txt  URI of the best trial's best/ checkpoint
     summary.json         the above in one file
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -31,9 +33,10 @@ import pandas as pd
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
 
 from wbc_ray import storage
-from wbc_ray.config import DataConfig, RunConfig, TuneConfig, dump_yaml, from_dict, to_dict
+from wbc_ray.config import DataConfig, RunConfig, TuneConfig, dump_yaml, to_dict
 from wbc_ray.data.prepare import PreparedData, prepare
 from wbc_ray.data.sources import find_groups_file, is_manifest, read_table
 from wbc_ray.models import get_spec
@@ -47,6 +50,7 @@ METRIC, MODE = "val_loss", "min"
 TIME_ATTR = "epochs_done"  # survives a resumed trial, unlike Tune's training_iteration
 DRIVER_CPUS = 1  # each trial's driver actor, which runs TorchTrainer.fit
 DATA_CPU_SHARE = 0.25  # of the cluster's CPUs, kept free for Ray Data when deriving concurrency
+STOP_FILE = "tune_stop"  # in a trial's run directory: ASHA asked the trial to stop
 
 
 class SweepInterrupted(RuntimeError):
@@ -63,15 +67,59 @@ class SweepResult:
     best_checkpoint: str  # URI of the best trial's <run_dir>/best
     files: dict[str, str]
     resumed: bool  # True when an interrupted sweep was continued
-    seconds: float
+    seconds: float  # wall time of this call
+
+    def __str__(self) -> str:
+        counts = self.trials["status"].value_counts().to_dict()
+        row = self.trials.set_index("trial").loc[self.best_trial]
+        return (f"{len(self.trials)} trials {counts}; best {self.best_trial}: val loss "
+                f"{row['best_val_loss']:.4f}, val acc {row['best_val_acc']:.4f} with "
+                f"{self.best_params}\nbest checkpoint: {self.best_checkpoint}\n"
+                f"train it fully: wbc-ray train --config {self.files['best_config']}")
 
 
 class _EpochReport(TuneReportCallback):
-    """TuneReportCallback that adds ``epochs_done`` (1-based) for ASHA's time axis."""
+    """Forwards each epoch's report to Tune, adding ``epochs_done`` for ASHA's time axis,
+    and ends the Train run cleanly once ASHA has asked this trial to stop.
+
+    Runs in the Train controller. ``abort`` is what Ray Train does on Ctrl-C: it removes
+    the worker group and its placement group before the controller exits.
+    """
+
+    def __init__(self, stop_file: str):
+        super().__init__()
+        self._stop_file = stop_file
 
     def after_report(self, run_context, metrics, checkpoint):
         first = {**metrics[0], TIME_ATTR: metrics[0]["epoch"] + 1}
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+        if storage.exists(self._stop_file):
+            ray.get_runtime_context().current_actor.abort.remote()
+
+
+class _GracefulASHA(ASHAScheduler):
+    """ASHA whose "stop" lets the trial end its Train run itself.
+
+    Tune stops a trial by killing its actor, which kills the Train controller it owns
+    before the controller can remove its workers' placement group. Ray's fallback
+    cleaner needs the dashboard's state API (off in local sessions, confused by two local
+    Ray instances on one machine), so each stopped trial would leak its workers' CPUs until
+    later trials could not be scheduled. Instead the trial is marked and kept running;
+    :class:`_EpochReport` aborts its Train run at the next report (one more epoch at most).
+    """
+
+    def __init__(self, runs_dir: str, **kwargs):
+        super().__init__(**kwargs)
+        self._runs_dir = runs_dir
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision != self.STOP or result.get("done"):
+            return decision
+        stop_file = storage.join(self._runs_dir, trial_name(trial), STOP_FILE)
+        if not storage.exists(stop_file):
+            storage.write_text(stop_file, f"stopped by ASHA after {result[TIME_ATTR]} epochs\n")
+        return self.CONTINUE
 
 
 def trial_name(trial) -> str:
@@ -84,9 +132,16 @@ def run_trial(params: dict[str, Any], *, base: RunConfig, data: PreparedData,
     """One Tune trial: ``base`` + ``params`` trained as a Ray Train run."""
     cfg = apply_params(base, params)
     name = f"trial_{tune.get_context().get_trial_id()}"
-    trainer = build_trainer(cfg, data, storage.join(runs_dir, name), name, runs_dir,
-                            callbacks=[_EpochReport()])
-    result = trainer.fit()
+    run_dir = storage.join(runs_dir, name)
+    stop_file = storage.join(run_dir, STOP_FILE)
+    trainer = build_trainer(cfg, data, run_dir, name, runs_dir,
+                            callbacks=[_EpochReport(stop_file)])
+    try:
+        result = trainer.fit()
+    except Exception:
+        if storage.exists(stop_file):
+            return  # aborted on ASHA's request: a finished trial, not a failed one
+        raise
     if result.error:
         raise result.error
 
@@ -148,30 +203,55 @@ def max_concurrent(tc: TuneConfig, n_trials: int, resources: dict[str, float]) -
             raise ValueError(f"tune.max_concurrent must be >= 1, got {tc.max_concurrent}")
         return tc.max_concurrent
     gpus = _whole_gpus(tc)
-    workers = gpus or tc.workers_per_trial
-    per_trial = DRIVER_CPUS + workers * tc.cpus_per_worker
     cpus = resources.get("CPU", 0.0)
-    fits = [n_trials, math.floor((cpus - max(1.0, DATA_CPU_SHARE * cpus)) / per_trial)]
+    fits = [n_trials, math.floor((cpus - max(1.0, DATA_CPU_SHARE * cpus)) / _trial_cpus(tc))]
     if gpus:
         fits.append(math.floor(resources.get("GPU", 0.0) / gpus))
     return max(1, min(fits))
 
 
-def _basic(tc: TuneConfig):
+def _trial_cpus(tc: TuneConfig) -> int:
+    """CPUs one trial holds: its driver plus its Train workers."""
+    return DRIVER_CPUS + (_whole_gpus(tc) or tc.workers_per_trial) * tc.cpus_per_worker
+
+
+def _local_cpus(tc: TuneConfig, num_cpus: int | None) -> int | None:
+    """Logical CPUs for a local Ray: at least one trial plus two for Ray Data.
+
+    On a 2-core machine a trial's driver and worker would otherwise take every logical
+    CPU, and the worker group waits forever for Ray Data (see RAY_NOTES.md). The driver
+    mostly waits, so logical CPUs above the core count are safe.
+    """
+    if num_cpus is not None or ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        return num_cpus
+    return max(os.cpu_count() or 1, _trial_cpus(tc) + 2)
+
+
+def _check_capacity(tc: TuneConfig, resources: dict[str, float]) -> None:
+    cpus = resources.get("CPU", 0.0)
+    if cpus < _trial_cpus(tc) + 1:
+        log.warning("the Ray cluster has %g CPUs but a trial holds %d (driver + workers) and "
+                    "Ray Data needs at least 1 more: trials may wait forever unless the "
+                    "cluster scales up", cpus, _trial_cpus(tc))
+
+
+def _basic(seed: int, concurrency: int):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=tc.seed)
+    # A SearchAlgorithm, not a Searcher: Tune ignores max_concurrent_trials for it.
+    return BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)
 
 
-def _optuna(tc: TuneConfig):
+def _optuna(seed: int, concurrency: int):
     try:
         import optuna  # noqa: F401
     except ImportError:
         raise ValueError("tune.searcher 'optuna' needs the optuna package: "
                          "pip install 'wbc-ray[optuna]' (or use random or grid)") from None
+    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(seed=tc.seed)
+    return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=concurrency)
 
 
 SEARCHERS = {"random": _basic, "grid": _basic, "optuna": _optuna}
@@ -189,17 +269,18 @@ def check_tune_config(tc: TuneConfig) -> None:
         raise ValueError(f"tune.workers_per_trial and tune.cpus_per_worker must be >= 1, got "
                          f"{tc.workers_per_trial} and {tc.cpus_per_worker}")
     _whole_gpus(tc)
-    SEARCHERS[tc.searcher](tc)  # e.g. optuna not installed
+    SEARCHERS[tc.searcher](tc.seed, 1)  # e.g. optuna not installed
 
 
-def _tune_config(tc: TuneConfig, n_trials: int, concurrency: int) -> tune.TuneConfig:
-    from ray.tune.schedulers import ASHAScheduler
-
-    scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=tc.max_epochs,
-                              grace_period=min(tc.grace_period, tc.max_epochs))
+def _tune_config(tc: TuneConfig, n_trials: int, concurrency: int, runs_dir: str
+                 ) -> tune.TuneConfig:
+    # stop_last_trials=False: a trial that reaches max_epochs ends on its own, cleanly.
+    scheduler = _GracefulASHA(runs_dir, time_attr=TIME_ATTR, max_t=tc.max_epochs,
+                              grace_period=min(tc.grace_period, tc.max_epochs),
+                              stop_last_trials=False)
     return tune.TuneConfig(
-        metric=METRIC, mode=MODE, search_alg=SEARCHERS[tc.searcher](tc), scheduler=scheduler,
-        num_samples=1 if tc.searcher == "grid" else n_trials, max_concurrent_trials=concurrency,
+        metric=METRIC, mode=MODE, search_alg=SEARCHERS[tc.searcher](tc.seed, concurrency),
+        scheduler=scheduler, num_samples=1 if tc.searcher == "grid" else n_trials,
         trial_name_creator=trial_name, trial_dirname_creator=trial_name)
 
 
@@ -245,7 +326,8 @@ def _make_tuner(cfg: RunConfig, space: dict[str, Any], trainable, sweep_dir: str
     run_config = tune.RunConfig(name="tune", storage_path=path, storage_filesystem=fs,
                                 callbacks=list(callbacks) or None, verbose=1)
     tuner = tune.Tuner(trainable, param_space=to_tune(space, cfg.tune.searcher),
-                       tune_config=_tune_config(cfg.tune, n_trials, concurrency),
+                       tune_config=_tune_config(cfg.tune, n_trials, concurrency,
+                                                storage.join(sweep_dir, "runs")),
                        run_config=run_config)
     return tuner, False
 
@@ -266,12 +348,13 @@ def run_sweep(cfg: RunConfig, num_cpus: int | None = None, *,
     space = resolve_space(tc.space)
     validate_space(space, cfg)
     n_trials = count_trials(tc, space)
-    init_ray(num_cpus)
+    init_ray(_local_cpus(tc, num_cpus))
+    _check_capacity(tc, ray.cluster_resources())
     if _whole_gpus(tc):
         wait_for_gpus(_whole_gpus(tc), cfg.train.gpu_wait_s)
     sweep_dir = sweep_dir_of(tc)
     runs_dir = storage.join(sweep_dir, "runs")
-    data = prepare(cfg.data, get_spec(cfg.model.name).input_size)
+    data = prepare(cfg.data, cfg.model.input_size or get_spec(cfg.model.name).input_size)
     if data.counts["train"] == 0 or data.counts["val"] == 0:
         raise ValueError(f"empty train or validation split: {data.counts}")
     log.info("data %s (%s split): %s", cfg.data.data, cfg.data.split, data.counts)
@@ -297,10 +380,6 @@ def _history(result) -> pd.DataFrame:
     return df.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 
-def _plain(v: Any) -> Any:
-    return json.dumps(v) if isinstance(v, list | tuple | dict) else v
-
-
 @dataclass(frozen=True)
 class Trials:
     table: pd.DataFrame  # one row per trial, sorted by trial name
@@ -321,7 +400,7 @@ def trials_table(grid, keys: list[str], runs_dir: str, max_epochs: int) -> Trial
         run_dir = storage.join(runs_dir, name)
         rows.append({
             "trial": name,
-            **{k: _plain(v) for k, v in params[name].items()},
+            **params[name],
             "best_val_loss": float(best["val_loss"]) if best is not None else math.nan,
             "best_val_acc": float(best["val_acc"]) if best is not None else math.nan,
             "best_epoch": int(best["epoch"]) if best is not None else None,
@@ -332,6 +411,9 @@ def trials_table(grid, keys: list[str], runs_dir: str, max_epochs: int) -> Trial
             "best_checkpoint": storage.join(run_dir, "best") if best is not None else None,
         })
     table = pd.DataFrame(rows).sort_values("trial").reset_index(drop=True)
+    for k in keys:  # e.g. hidden: 64 or [128, 64]; one type per column for Parquet
+        if any(isinstance(v, list | tuple | dict) for v in table[k]):
+            table[k] = table[k].map(json.dumps)
     return Trials(table, params, histories)
 
 
@@ -346,8 +428,7 @@ def _finish(cfg: RunConfig, trials: Trials, sweep_dir: str, resumed: bool,
                            f"{errors.iloc[0] if len(errors) else 'none recorded'}")
     best = ok.loc[ok["best_val_loss"].idxmin()]
     best_params = trials.params[best["trial"]]
-    best_config = apply_params(cfg, best_params)
-    from_dict(RunConfig, to_dict(best_config))  # what `wbc-ray train --config` will do
+    best_config = apply_params(cfg, best_params)  # validated as `wbc-ray train` will
     files = {"trials_parquet": storage.join(sweep_dir, "trials.parquet"),
              "trials_csv": storage.join(sweep_dir, "trials.csv"),
              "best_config": storage.join(sweep_dir, "best_config.yaml"),
