@@ -18,7 +18,7 @@ PERF = REPO / "docs" / "PERFORMANCE.md"
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
-        for line in open("/proc/cpuinfo"):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break

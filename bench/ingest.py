@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-
 from common import Timer, kaggle_files, table, write_section
+from PIL import Image
 
 
 def plain_pil(files: list[str]) -> int:
@@ -26,7 +26,7 @@ def plain_pil(files: list[str]) -> int:
 
 def raw_decode(files: list[str]) -> int:
     """The limit: full JPEG decode of the same bytes, no resize, no Python around it."""
-    blobs = [open(f, "rb").read() for f in files]
+    blobs = [Path(f).read_bytes() for f in files]
     with Timer() as t:
         for b in blobs:
             Image.open(io.BytesIO(b)).load()
@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     files = kaggle_files(args.n)
     for f in files:  # warm the page cache so every contender reads from memory
-        open(f, "rb").read()
+        Path(f).read_bytes()
     rows = []
     cores = os.cpu_count() or 1
 
@@ -55,7 +55,7 @@ def main() -> None:
 
     with Timer() as t:
         for f in files:
-            decode_resize(open(f, "rb").read(), 100)
+            decode_resize(Path(f).read_bytes(), 100)
     rows.append({"path": "wbc-ray decode_resize, draft JPEG (1 process)",
                  "img/s": len(files) / t.seconds})
 

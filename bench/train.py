@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import KAGGLE, Timer, table, write_section
 
 from wbc_ray.config import DataConfig, load_run_config
@@ -28,7 +28,7 @@ def load(per_class: int):
     cfg = DataConfig(data=str(KAGGLE / "images"), limit_per_class=per_class)
     classes, listing = list_labelled(cfg)
     rec = listing.records
-    x = np.stack([decode_resize(open(u, "rb").read(), 100) for u in rec["uri"]])
+    x = np.stack([decode_resize(Path(u).read_bytes(), 100) for u in rec["uri"]])
     y = rec["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     return x, y
 

@@ -30,6 +30,11 @@ def test_precedence_defaults_then_yaml_then_flags(tmp_path):
     assert cfg.train.batch_size == 32  # default
 
 
+def test_yaml_exponent_floats_are_numbers(tmp_path):
+    cfg = load_run_config(_write(tmp_path, "train:\n  lr: 1e-4\n  weight_decay: 5E-5\n"))
+    assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 5e-5
+
+
 def test_unknown_key_fails_naming_it(tmp_path):
     path = _write(tmp_path, "train:\n  epochz: 3\n")
     with pytest.raises(ValueError, match="epochz") as e:

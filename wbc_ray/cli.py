@@ -19,7 +19,8 @@ app.add_typer(data_app, name="data")
 
 Data = Annotated[str | None, typer.Option("--data", help="Image folder or manifest (CSV/Parquet): "
                                           "local path or s3://bucket/prefix.")]
-Config = Annotated[Path | None, typer.Option("--config", help="YAML run config; flags override it.")]
+Config = Annotated[str | None, typer.Option("--config", help="YAML run config (path or URI); "
+                                            "flags override it.")]
 Split = Annotated[str | None, typer.Option("--split", help="paper | official | grouped.")]
 Classes = Annotated[str | None, typer.Option("--classes", help="paper (4 types), lisc (5, with "
                                              "BASOPHIL) or a comma list.")]
@@ -74,7 +75,7 @@ def train(
     from wbc_ray.training.run import train as run_train
 
     try:
-        cfg = load_run_config(str(config) if config else None, overrides)
+        cfg = load_run_config(config, overrides)
         outcome = run_train(cfg)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         _fail(e)
@@ -139,7 +140,7 @@ def tune(
     from wbc_ray.tuning.sweep import run_sweep
 
     try:
-        result = run_sweep(load_run_config(str(config) if config else None, overrides))
+        result = run_sweep(load_run_config(config, overrides))
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError) as e:
         _fail(e)
     typer.echo(str(result))
@@ -169,7 +170,7 @@ def score(
     from wbc_ray.scoring.pipeline import score as run_score
 
     try:
-        cfg = load_run_config(str(config) if config else None, overrides).score
+        cfg = load_run_config(config, overrides).score
         init_ray()
         summary = run_score(cfg)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:

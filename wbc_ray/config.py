@@ -7,6 +7,7 @@ Unknown keys and wrong types fail with a message naming the key.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -112,6 +113,24 @@ class RunConfig:
 _DACITE = dacite.Config(strict=True, cast=[tuple])
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 floats: ``1e-4`` is a number (PyYAML's 1.1 rules make it a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def from_dict(cls: type, values: dict[str, Any]):
     """Build a config dataclass, failing loudly on unknown keys and wrong types."""
     try:
@@ -158,7 +177,7 @@ def load_run_config(path: str | None = None, overrides: dict[str, Any] | None = 
     if path:
         from wbc_ray.storage import read_text
 
-        loaded = yaml.safe_load(read_text(path)) or {}
+        loaded = load_yaml(read_text(path)) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         values = loaded

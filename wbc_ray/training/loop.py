@@ -21,7 +21,8 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
     try:
         cls = OPTIMIZERS[name]
     except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}") from None
+        raise ValueError(f"unknown optimizer {name!r}; "
+                         f"choose one of {sorted(OPTIMIZERS)}") from None
     return cls([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
 

@@ -20,7 +20,7 @@ from ray.train.torch import TorchTrainer
 from wbc_ray import storage
 from wbc_ray.config import RunConfig, from_dict, to_dict
 from wbc_ray.data.prepare import PreparedData
-from wbc_ray.models import build_model, get_spec
+from wbc_ray.models import build_model
 from wbc_ray.models.checkpoint import (
     CheckpointMeta,
     load_checkpoint,

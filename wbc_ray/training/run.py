@@ -57,8 +57,8 @@ def train(cfg: RunConfig, evaluate_test: bool = True, num_cpus: int | None = Non
     files = write_history(result.history, run_dir, f"{cfg.model.name} ({cfg.data.split} split)")
     test_metrics = None
     if evaluate_test and data.counts["test"] > 0:
-        from wbc_ray.evaluation.run import predict, write_report
         from wbc_ray.evaluation.metrics import compute_metrics
+        from wbc_ray.evaluation.run import predict, write_report
 
         labels, probs = predict(data.datasets["test"], result.best_checkpoint)
         test_metrics = compute_metrics(labels, probs, data.classes)
