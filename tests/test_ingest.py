@@ -107,3 +107,14 @@ def test_decode_cache_on_s3_is_reused(s3_archive, s3_server, local_prepared):
 def test_missing_bucket_fails_fast_naming_uri(s3_server, ray_session):
     with pytest.raises((FileNotFoundError, ValueError), match="s3://no-such-bucket/x"):
         prepare(_cfg("s3://no-such-bucket/x"), 100)
+
+
+def test_training_rows_are_mixed_across_classes(ray_session, tmp_path):
+    # Regression: listings come sorted by class folder; without a shuffle before decoding,
+    # training batches held one class at a time and the model collapsed to one class.
+    from wbc_ray.data.synthetic import make_dataset
+
+    root = make_dataset(str(tmp_path / "syn"), per_class=60)
+    p = prepare(DataConfig(data=root, split="paper"), 32)
+    first = p.datasets["train"].take_batch(64)["label_idx"]
+    assert len(set(first.tolist())) == 4

@@ -55,8 +55,11 @@ def prepare(cfg: DataConfig, size: int) -> PreparedData:
     records["label_idx"] = records["label"].map({c: i for i, c in enumerate(classes)})
     fingerprint = f"{listing.fingerprint()}-{cfg.split}-{cfg.seed}"
     # Decoding does not depend on the split: the cache serves every split mode and seed.
-    decoded = from_cache_or_decode(records.drop(columns="split"), size, cfg.max_pixels,
-                                   cfg.cache, listing.fingerprint())
+    # Rows are shuffled once (fixed seed) so that no block holds a single class: listings
+    # come sorted by folder, and training only reshuffles blocks plus a local buffer.
+    shuffled = records.drop(columns="split").sample(frac=1.0, random_state=0)
+    decoded = from_cache_or_decode(shuffled, size, cfg.max_pixels, cfg.cache,
+                                   listing.fingerprint())
     good, bad = split_errors(decoded)
     quarantine = pd.concat([listing.rejected, bad], ignore_index=True)
     split_of = ray.put(dict(zip(records["uri"], records["split"], strict=True)))

@@ -36,6 +36,7 @@ from wbc_ray.training.loop import (
 )
 
 log = logging.getLogger(__name__)
+SHUFFLE_BUFFER = 1024  # rows (~30 MB of 100x100 images) mixed locally on top of block shuffling
 
 
 def model_kwargs(cfg: RunConfig) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     fault = config.get("fault_injection") or {}
     for epoch in range(len(history), t.epochs):
         batches = train_shard.iter_torch_batches(batch_size=t.batch_size, drop_last=False,
-                                                 local_shuffle_buffer_size=4 * t.batch_size,
+                                                 local_shuffle_buffer_size=SHUFFLE_BUFFER,
                                                  local_shuffle_seed=t.seed * 1000 + epoch)
         tr = train_one_epoch(model, batches, optimizer, norm, device, t.precision, t.augment,
                              scaler=scaler)
@@ -174,7 +175,9 @@ def build_trainer(cfg: RunConfig, data: PreparedData, run_dir: str, name: str,
                    "fingerprint": data.fingerprint, "run_dir": run_dir, **(extra or {})}
     return TorchTrainer(worker_loop, train_loop_config=loop_config, scaling_config=scaling,
                         run_config=run_config,
-                        datasets={"train": data.datasets["train"], "val": data.datasets["val"]},
+                        # a new block order every epoch; rows were shuffled once before decoding
+                        datasets={"train": data.datasets["train"].randomize_block_order(),
+                                  "val": data.datasets["val"]},
                         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
 
 
