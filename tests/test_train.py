@@ -23,7 +23,7 @@ def _cfg(kaggle, tmp_path, name, limit=200, **train):
 
 
 @pytest.fixture(scope="module")
-def trained(kaggle, ray_session, tmp_path_factory):
+def trained(kaggle, s3_server, ray_session, tmp_path_factory):  # S3 env before Ray starts
     root = tmp_path_factory.mktemp("runs")
     return train(_cfg(kaggle, root, "two-workers"), num_cpus=4), root
 
@@ -87,3 +87,18 @@ def test_gpus_without_gpus_fails_fast(kaggle, ray_session, tmp_path):
     with pytest.raises(RuntimeError, match="--gpus 8 requested but the Ray cluster has 0 GPU"):
         train(cfg)
     assert time.monotonic() - t0 < 30
+
+
+def test_run_directory_in_object_storage(kaggle, s3_server, ray_session, tmp_path):
+    from conftest import make_bucket
+
+    fs = make_bucket(s3_server, "lab-runs")
+    cfg = _cfg(kaggle, "s3://lab-runs/runs", "on-s3", limit=10, epochs=1)
+    outcome = train(cfg)
+    assert outcome.result.run_dir == "s3://lab-runs/runs/on-s3"
+    keys = {k.removeprefix("lab-runs/runs/on-s3/") for k in fs.find("lab-runs/runs/on-s3")}
+    for name in ("config.yaml", "history.csv", "curves.png", "quarantine.parquet",
+                 "best/model.safetensors", "best/meta.json", "eval-test/metrics.json"):
+        assert name in keys, name
+    assert any(k.startswith("checkpoint_") for k in keys)  # Ray Train's own checkpoints
+    assert read_meta("s3://lab-runs/runs/on-s3/best").epoch == 0
