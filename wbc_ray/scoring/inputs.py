@@ -232,7 +232,27 @@ def manifest_inputs(uri: str) -> Inputs:
     return _finish("manifest", rows, rejected)
 
 
+def _utf8_problem(*texts: str) -> bool:
+    try:
+        for t in texts:
+            t.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _printable(text: str) -> str:
+    """Undecodable file-name bytes (surrogate escapes) -> U+FFFD, deterministically."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def _finish(kind: str, rows: list[tuple], rejected: list[tuple]) -> Inputs:
+    # Parquet strings are UTF-8: names with undecodable bytes are reported, not scored.
+    rejected = [tuple(_printable(str(v)) for v in r) for r in rejected]
+    undecodable = [_utf8_problem(*r[:3]) for r in rows]
+    rejected += [(*(_printable(v) for v in r[:3]), "file name is not valid UTF-8")
+                 for r, bad in zip(rows, undecodable, strict=True) if bad]
+    rows = [r for r, bad in zip(rows, undecodable, strict=True) if not bad]
     rec = pd.DataFrame([r + (float("nan"),) * (len(RECORD_COLUMNS) - len(r)) for r in rows],
                        columns=list(RECORD_COLUMNS))
     rec = rec.astype({c: "float64" for c in BOX_COLUMNS})

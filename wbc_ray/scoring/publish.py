@@ -44,6 +44,7 @@ from wbc_ray import storage
 
 KEY = ["sample_id", "cell_id"]
 TABLES = ("cells", "quarantine", "samples")
+ROW_KEYS = {"cells": KEY, "quarantine": KEY, "samples": ["sample_id"]}  # one row per key
 _HIVE = pads.partitioning(pa.schema([("run_date", pa.string())]), flavor="hive")
 _STATE_COLUMNS = {
     "cells": [*KEY, "label", "needs_review", "scored_at"],
@@ -76,7 +77,8 @@ class Layout:
 def to_parquet_bytes(df: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
     table = pa.Table.from_pandas(df.reset_index(drop=True), schema=schema, preserve_index=False)
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    # microsecond timestamps: Spark cannot read Parquet's nanosecond ones by default
+    pq.write_table(table, buf, coerce_timestamps="us", allow_truncated_timestamps=True)
     return buf.getvalue()
 
 
@@ -106,11 +108,12 @@ def read_file(uri: str) -> pd.DataFrame:
         return pq.read_table(f).to_pandas()
 
 
-def merge_rows(existing: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
+def merge_rows(existing: pd.DataFrame | None, new: pd.DataFrame,
+               key: list[str] = KEY) -> pd.DataFrame:
     """``existing`` rows whose key is not in ``new``, then ``new``: a rerun replaces, never adds."""
     if existing is None or existing.empty:
         return new
-    keep = ~existing.set_index(KEY).index.isin(new.set_index(KEY).index)
+    keep = ~existing.set_index(key).index.isin(new.set_index(key).index)
     return pd.concat([existing.loc[keep], new], ignore_index=True)
 
 
@@ -166,3 +169,35 @@ def read_state(layout: Layout, fingerprint: str) -> State:
         duplicate_cells=int(cells.duplicated(["run_date", *KEY]).sum()),
         files=files,
     )
+
+
+def cells_schema(classes: tuple[str, ...]) -> pa.Schema:
+    """One row per scored cell; ``p_<class>`` per class in the checkpoint's order."""
+    return pa.schema([
+        ("sample_id", pa.string()), ("cell_id", pa.string()), ("uri", pa.string()),
+        *[(c, pa.float64()) for c in ("xmin", "ymin", "xmax", "ymax")],
+        ("label", pa.string()), ("confidence", pa.float32()), ("needs_review", pa.bool_()),
+        *[(prob_column(c), pa.float32()) for c in classes],
+        ("model", pa.string()), ("checkpoint_fingerprint", pa.string()),
+        ("package_version", pa.string()), ("scored_at", pa.timestamp("us", tz="UTC")),
+    ])
+
+
+QUARANTINE_SCHEMA = pa.schema([
+    ("sample_id", pa.string()), ("cell_id", pa.string()), ("uri", pa.string()),
+    ("reason", pa.string()), ("checkpoint_fingerprint", pa.string()),
+    ("package_version", pa.string()), ("quarantined_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def prob_column(name: str) -> str:
+    return f"p_{name.lower()}"
+
+
+def samples_schema(df: pd.DataFrame) -> pa.Schema:
+    """The differential's columns as inferred, with all-None flag columns typed as strings."""
+    schema = pa.Schema.from_pandas(df, preserve_index=False)
+    for i, f in enumerate(schema):
+        if pa.types.is_null(f.type):
+            schema = schema.set(i, pa.field(f.name, pa.string()))
+    return schema

@@ -1,0 +1,547 @@
+"""Nightly scoring end to end: real Kaggle / BCCD images, locally and in moto's S3 server.
+
+The module's tests share fixtures and run in file order; the nightly chain (killed run ->
+completed run -> incremental night -> rescore) builds on one archive on purpose, because
+that is the sequence of nights the job lives through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO, make_bucket
+
+import wbc_ray
+from wbc_ray.classes import PAPER_CLASSES
+from wbc_ray.config import ScoreConfig
+from wbc_ray.data.decode import decode_resize
+from wbc_ray.models import build_model
+from wbc_ray.models.checkpoint import CheckpointMeta, fingerprint, save_checkpoint
+from wbc_ray.scoring.inputs import read_inputs, sample_id_problem
+from wbc_ray.scoring.pipeline import actor_resources, score, stale_samples
+from wbc_ray.scoring.publish import State, file_name
+from wbc_ray.training.loop import Normalise
+
+DAY1, DAY2 = "2031-01-01", "2031-01-02"
+RANGES = ScoreConfig().reference_ranges
+KEY = ["sample_id", "cell_id"]
+PROBS = [f"p_{c.lower()}" for c in PAPER_CLASSES]
+MIN_CELLS = 10
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+@pytest.fixture(scope="module")
+def env(s3_server, ray_session):
+    """S3 first, so that the Ray workers inherit AWS_ENDPOINT_URL; then Ray."""
+    return s3_server
+
+
+@pytest.fixture(scope="module")
+def checkpoint(kaggle, tmp_path_factory) -> str:
+    """An untrained paper CNN with varied labels and confidences on real cells.
+
+    Random weights give every cell the same label; centring the output layer on a few real
+    images' features and scaling it spreads labels and confidences (no training needed).
+    """
+    torch.manual_seed(0)
+    model = build_model("paper_cnn", num_classes=len(PAPER_CLASSES), hidden=[64], dropout=0.2)
+    model.eval()
+    x = np.stack([decode_resize(p.read_bytes(), 100) for p in kaggle_images(kaggle, 12, 3)])
+    with torch.no_grad():
+        h = model.head[:-1](model.features(Normalise((0.5,) * 3, (0.5,) * 3, False)(
+            torch.from_numpy(x))))
+        model.head[-1].weight.mul_(300.0)
+        model.head[-1].bias.copy_(-(model.head[-1].weight @ h.mean(0)))
+    meta = CheckpointMeta.for_model("paper_cnn", PAPER_CLASSES, {"hidden": [64], "dropout": 0.2})
+    return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "best"), model, meta)
+
+
+def kaggle_images(kaggle: Path, n: int, offset: int = 0) -> list[Path]:
+    """``n`` real TRAIN images, spread over the four classes and over each class folder."""
+    per_class = [sorted((kaggle / "images" / "TRAIN" / c).glob("*.jpeg")) for c in PAPER_CLASSES]
+    return [per_class[i % 4][offset + 37 * (i // 4)] for i in range(n)]
+
+
+def cfg(checkpoint: str, input: str, output: str, **kw) -> ScoreConfig:
+    kw.setdefault("run_date", DAY1)
+    kw.setdefault("min_cells", MIN_CELLS)
+    return ScoreConfig(checkpoint=checkpoint, input=input, output=output, **kw)
+
+
+def read(output: str, table: str) -> pd.DataFrame:
+    if output.startswith("s3://"):
+        opts = {"client_kwargs": {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}}
+        df = pd.read_parquet(f"{output}/{table}", storage_options=opts)
+    else:
+        df = pd.read_parquet(f"{output}/{table}")
+    df["run_date"] = df["run_date"].astype(str)
+    return df
+
+
+def parquet_files(output: str) -> dict[str, str]:
+    """Relative path -> content hash of every Parquet file a reader would see."""
+    out = {}
+    for p in Path(output).rglob("*.parquet"):
+        if not any(part.startswith((".", "_")) for part in p.relative_to(output).parts):
+            out[str(p.relative_to(output))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def expected_flag(pct: float, low: float, high: float) -> str:
+    return "low" if pct < low else "high" if pct > high else "normal"
+
+
+def check_differential(cells: pd.DataFrame, samples: pd.DataFrame, min_cells: int) -> None:
+    """The samples table agrees with counts made here from the cells table."""
+    counts = cells.groupby("sample_id")["label"].value_counts().unstack(fill_value=0)
+    assert sorted(samples["sample_id"]) == sorted(counts.index)
+    for row in samples.itertuples(index=False):
+        row = row._asdict()
+        n = int(counts.loc[row["sample_id"]].sum())
+        assert row["total_cells"] == n
+        assert row["insufficient_count"] == (n < min_cells)
+        mine = cells[cells.sample_id == row["sample_id"]]
+        assert row["needs_review"] == int(mine["needs_review"].sum())
+        pcts = [row[f"{c.lower()}_pct"] for c in PAPER_CLASSES]
+        assert sum(pcts) == pytest.approx(100.0)
+        abnormal = []
+        for c in PAPER_CLASSES:
+            k = c.lower()
+            assert row[f"{k}_count"] == counts.loc[row["sample_id"]].get(c, 0)
+            assert row[f"{k}_pct"] == pytest.approx(100.0 * row[f"{k}_count"] / n)
+            assert row[f"{k}_ci_low"] - 1e-9 <= row[f"{k}_pct"] <= row[f"{k}_ci_high"] + 1e-9
+            assert row[f"{k}_ci_low"] >= 0.0 and row[f"{k}_ci_high"] <= 100.0
+            flag = expected_flag(row[f"{k}_pct"], *RANGES[c])
+            assert row[f"{k}_flag"] == flag
+            if flag != "normal":
+                abnormal.append(f"{c} {flag}")
+        assert row["flags"] == "; ".join(abnormal)
+
+
+def check_cells(cells: pd.DataFrame, threshold: float, ckpt: str) -> None:
+    """Per-cell invariants computed from the probabilities, not from the implementation."""
+    assert not cells.duplicated(KEY).any()
+    p = cells[PROBS].to_numpy(dtype=np.float64)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-4)
+    assert (cells["label"].to_numpy() == np.array(PAPER_CLASSES)[p.argmax(axis=1)]).all()
+    np.testing.assert_allclose(cells["confidence"], p.max(axis=1), rtol=1e-6)
+    assert (cells["needs_review"] == (cells["confidence"] < threshold)).all()
+    assert set(cells["model"]) == {"paper_cnn"}
+    assert set(cells["checkpoint_fingerprint"]) == {fingerprint(ckpt)}
+    assert set(cells["package_version"]) == {wbc_ray.__version__}
+    assert cells["scored_at"].dt.tz is not None
+
+
+def truncated_jpeg(src: Path) -> bytes:
+    data = src.read_bytes()
+    return data[: len(data) // 3]
+
+
+@pytest.fixture(scope="module")
+def archive(kaggle, tmp_path_factory):
+    """3 samples x 20 real images (S1 partly in a subfolder) plus five unusable files."""
+    root = tmp_path_factory.mktemp("archive") / "slides"
+    images = kaggle_images(kaggle, 60)
+    for i, src in enumerate(images):
+        sample = f"S{i % 3 + 1}"
+        folder = root / sample / ("field2" if sample == "S1" and i % 2 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, folder / src.name)
+    (root / "S1" / "truncated.jpeg").write_bytes(truncated_jpeg(images[0]))
+    (root / "S2" / "empty.jpg").write_bytes(b"")
+    (root / "S3" / "notes.txt").write_text("not a cell")
+    (root / "S3" / "fake.png").write_text("text pretending to be a PNG")
+    (root / "README.txt").write_text("an archive readme")
+    bad = {("S1", "truncated.jpeg"): "unreadable image", ("S2", "empty.jpg"): "0 bytes",
+           ("S3", "notes.txt"): "not an image file", ("S3", "fake.png"): "not an image",
+           ("", "README.txt"): "outside a sample folder"}
+    return root, 60, bad
+
+
+@pytest.fixture(scope="module")
+def local_run(env, archive, checkpoint, tmp_path_factory):
+    root, _, _ = archive
+    out = str(tmp_path_factory.mktemp("scores") / "out")
+    summary = score(cfg(checkpoint, str(root), out, review_threshold=0.6), progress=False)
+    return summary, out
+
+
+# ---------------------------------------------------------------- unit checks (no Ray)
+
+@pytest.mark.parametrize("sid, ok", [
+    ("S1", True), ("2024-0042 slide A", True), ("..", False), (".", False), ("", False),
+    ("  ", False), ("../x", False), ("a/b", False), ("a\\b", False), ("bell\x07", False),
+    ("tab\there", False), ("x" * 201, False)])
+def test_sample_id_rules(sid, ok):
+    assert (sample_id_problem(sid) is None) == ok
+
+
+def test_file_names_are_safe_and_distinct():
+    names = {sid: file_name(sid, "f00d") for sid in ["S1", "S 1", "S/1", "..", "é", "a" * 300]}
+    assert len(set(names.values())) == len(names)
+    for name in names.values():
+        assert "/" not in name and "\\" not in name and not name.startswith((".", "_"))
+        assert len(name) < 120 and name.endswith("-f00d.parquet")
+    assert file_name("S1", "f00d") == names["S1"]  # deterministic
+
+
+def test_actor_resources_leave_cpus_for_decoding():
+    assert actor_resources(None, {"CPU": 2.0}) == (1, 1, 0)
+    assert actor_resources(4, {"CPU": 2.0}) == (1, 1, 0)  # never every CPU to the model
+    assert actor_resources(None, {"CPU": 16.0}) == (1, 12, 0)
+    assert actor_resources(2, {"CPU": 16.0}) == (2, 6, 0)
+    assert actor_resources(None, {"CPU": 32.0, "GPU": 4.0}) == (4, 1, 1)
+
+
+def test_undecodable_file_names_are_rejected_not_fatal(tmp_path):
+    (tmp_path / "S1").mkdir()
+    (tmp_path / "S1" / "ok.jpg").write_bytes(b"x")
+    with open(os.path.join(os.fsencode(tmp_path), b"S1", b"\xffbad.jpg"), "wb") as f:
+        f.write(b"x")
+    got = read_inputs(str(tmp_path))
+    assert got.records["cell_id"].tolist() == ["ok.jpg"]
+    assert got.rejected["reason"].tolist() == ["file name is not valid UTF-8"]
+    got.rejected["cell_id"].iloc[0].encode("utf-8")  # storable in Parquet
+
+
+def test_stale_differentials_are_found():
+    t = pd.Timestamp("2031-01-01", tz="UTC")
+    cells = pd.DataFrame({"sample_id": ["A", "A", "B", "C", "D"], "cell_id": list("abcde"),
+                          "scored_at": [t, t + pd.Timedelta("1D"), t, t, t]})
+    samples = pd.DataFrame({"sample_id": ["A", "B", "D"], "total_cells": [2, 1, 3],
+                            "computed_at": [t, t, t]})
+    state = State(cells, cells.iloc[:0], samples, 0, frozenset())
+    # A: a cell rescored after its differential; C: no differential; D: wrong total.
+    assert stale_samples(state) == {"A", "C", "D"}
+
+
+def test_job_script_builds_the_config():
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        from nightly_score import parse_args
+    finally:
+        sys.path.remove(str(REPO / "jobs"))
+    got, progress = parse_args(["--checkpoint", "s3://m/best", "--input", "s3://a",
+                                "--output", "s3://o", "--rescore", "--review-threshold", "0.7",
+                                "--min-cells", "50", "--run-date", DAY1, "--no-progress"])
+    assert got == ScoreConfig(checkpoint="s3://m/best", input="s3://a", output="s3://o",
+                              rescore=True, review_threshold=0.7, min_cells=50, run_date=DAY1)
+    assert progress is False
+
+
+# ---------------------------------------------------------------- local and S3 archives
+
+def test_local_archive_reconciles(local_run, archive, checkpoint):
+    summary, out = local_run
+    root, n_images, bad = archive
+    counts = summary["counts"]
+    assert summary["status"] == "ok" and summary["reconciliation"]["ok"]
+    assert summary["input_kind"] == "folder"
+    assert counts["inputs_seen"] == n_images + len(bad)
+    assert counts["cells_written"] == n_images and counts["quarantined"] == len(bad)
+    assert Path(summary["summary_uri"]).parent == Path(out) / "runs"
+
+    cells = read(out, "cells")
+    on_disk = {str(p) for p in root.rglob("*.jpeg")} - {str(root / "S1" / "truncated.jpeg")}
+    assert set(cells["uri"]) == on_disk and len(cells) == n_images
+    assert set(cells["run_date"]) == {DAY1}
+    assert (cells.groupby("sample_id").size() == n_images // 3).all()
+    assert cells["cell_id"].str.startswith("field2/").sum() == 10  # nested images count
+    check_cells(cells, 0.6, checkpoint)
+    assert cells["label"].nunique() >= 2, "fixture model should give varied labels"
+    assert cells["needs_review"].any() and not cells["needs_review"].all()
+
+    check_differential(cells, read(out, "samples"), MIN_CELLS)
+
+    q = read(out, "quarantine")
+    assert len(q) == len(bad)
+    reasons = dict(zip(zip(q["sample_id"], q["cell_id"], strict=True), q["reason"], strict=True))
+    assert set(reasons) == set(bad)
+    for key, fragment in bad.items():
+        assert fragment in reasons[key], (key, reasons[key])
+
+
+def test_s3_archive_matches_local(env, archive, checkpoint, local_run):
+    _, local_out = local_run
+    root, n_images, bad = archive
+    fs = make_bucket(env, "wbc")
+    fs.put(str(root), "wbc/slides", recursive=True)
+    fs.put(checkpoint, "wbc/models/best", recursive=True)
+    out = "s3://wbc/scores"
+    summary = score(cfg("s3://wbc/models/best", "s3://wbc/slides", out, review_threshold=0.6),
+                    progress=False)
+    assert summary["reconciliation"]["ok"]
+    assert summary["counts"]["cells_written"] == n_images
+    assert summary["counts"]["quarantined"] == len(bad)
+    assert fs.exists(summary["summary_uri"])
+
+    s3_cells, local_cells = read(out, "cells"), read(local_out, "cells")
+    assert s3_cells["uri"].str.startswith("s3://wbc/slides/").all()
+    both = s3_cells.merge(local_cells, on=KEY, suffixes=("_s3", "_local"), validate="1:1")
+    assert len(both) == n_images
+    assert (both["label_s3"] == both["label_local"]).all()
+    for p in PROBS:
+        np.testing.assert_allclose(both[f"{p}_s3"], both[f"{p}_local"], atol=1e-3)
+    assert (both["checkpoint_fingerprint_s3"] == both["checkpoint_fingerprint_local"]).all()
+    check_differential(s3_cells, read(out, "samples"), MIN_CELLS)
+
+    cols = ["sample_id", "total_cells", *[f"{c.lower()}_count" for c in PAPER_CLASSES], "flags"]
+    s3_samples = read(out, "samples")[cols].sort_values("sample_id").reset_index(drop=True)
+    local_samples = read(local_out, "samples")[cols].sort_values("sample_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(s3_samples, local_samples)
+    assert set(zip(read(out, "quarantine")["sample_id"], read(out, "quarantine")["cell_id"],
+                   strict=True)) == set(bad)
+
+
+def test_rerun_same_night_is_idempotent(local_run, archive, checkpoint):
+    summary, out = local_run
+    root, n_images, bad = archive
+    before = parquet_files(out)
+    again = score(cfg(checkpoint, str(root), out, review_threshold=0.6), progress=False)
+    assert again["reconciliation"]["ok"]
+    assert again["counts"]["cells_written"] == 0 and again["counts"]["quarantined"] == 0
+    assert again["counts"]["already_scored"] == n_images
+    assert again["counts"]["already_quarantined"] == len(bad)
+    assert parquet_files(out) == before  # nothing rewritten, nothing added
+    assert len(read(out, "cells")) == n_images and len(read(out, "quarantine")) == len(bad)
+
+
+# ---------------------------------------------------------------- a night killed midway
+
+@pytest.fixture(scope="module")
+def nightly(kaggle, tmp_path_factory):
+    """3 samples x 8 images + one corrupt file; images held back for a later night."""
+    root = tmp_path_factory.mktemp("nightly") / "archive"
+    images = kaggle_images(kaggle, 31, offset=5)
+    for i, src in enumerate(images[:24]):
+        (root / f"N{i % 3 + 1}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, root / f"N{i % 3 + 1}" / src.name)
+    (root / "N2" / "broken.jpeg").write_bytes(truncated_jpeg(images[0]))
+    out = root / "_scores"  # inside the archive: listing must skip the job's own outputs
+    return root, str(out), images[24:]
+
+
+def test_killed_run_loses_nothing_and_next_run_completes(env, nightly, checkpoint):
+    root, out, _ = nightly
+    samples_dir = Path(out) / "samples" / f"run_date={DAY1}"
+    job = [sys.executable, str(REPO / "jobs" / "nightly_score.py"), "--checkpoint", checkpoint,
+           "--input", str(root), "--output", out, "--run-date", DAY1,
+           "--min-cells", str(MIN_CELLS), "--no-progress"]
+    env_vars = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray
+    env_vars["WBC_RAY_SCORE_PUBLISH_DELAY_S"] = "5"  # time to kill it between two samples
+    log = root.parent / "job.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(job, cwd=REPO, env=env_vars, start_new_session=True,
+                                stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        # part-*: a published file, not the hidden temp file of one being written
+        while not list(samples_dir.glob("part-*.parquet")):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no sample published in time"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the job and the Ray it started
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    published = read(out, "cells")
+    done_samples = set(published["sample_id"])
+    assert 1 <= len(done_samples) < 3, "the kill should land between samples"
+    for sid in done_samples:  # a published sample is whole: every one of its good images
+        assert len(published[published.sample_id == sid]) == 8
+    assert set(read(out, "samples")["sample_id"]) == done_samples
+
+    summary = score(cfg(checkpoint, str(root), out), progress=False)
+    assert summary["reconciliation"]["ok"]
+    c = summary["counts"]
+    assert c["inputs_seen"] == 25
+    assert c["already_scored"] == len(published)
+    assert c["cells_written"] == 24 - len(published)
+    cells = read(out, "cells")
+    assert len(cells) == 24 and not cells.duplicated(KEY).any()
+    assert read(out, "quarantine")["cell_id"].tolist() == ["broken.jpeg"]
+    check_differential(cells, read(out, "samples"), MIN_CELLS)
+
+
+def test_next_night_scores_only_new_images(env, nightly, checkpoint):
+    root, out, spare = nightly
+    for src in spare[:3]:
+        shutil.copy(src, root / "N2" / src.name)
+    (root / "N4").mkdir()
+    for src in spare[3:7]:
+        shutil.copy(src, root / "N4" / src.name)
+    summary = score(cfg(checkpoint, str(root), out, run_date=DAY2), progress=False)
+    c = summary["counts"]
+    assert summary["reconciliation"]["ok"]
+    assert c["cells_written"] == 7 and c["already_scored"] == 24
+    assert c["already_quarantined"] == 1 and c["quarantined"] == 0
+
+    cells = read(out, "cells")
+    night2 = cells[cells.run_date == DAY2]
+    assert sorted(night2["cell_id"]) == sorted(p.name for p in spare[:7])
+    assert len(cells) == 31 and not cells.duplicated(KEY).any()
+    samples = read(out, "samples")
+    latest = samples[samples.run_date == DAY2].set_index("sample_id")
+    assert sorted(latest.index) == ["N2", "N4"]  # only the samples that changed
+    assert latest.loc["N2", "total_cells"] == 8 + 3  # recomputed from every N2 cell
+    assert latest.loc["N4", "total_cells"] == 4
+    assert (samples[samples.run_date == DAY1].set_index("sample_id").loc["N2", "total_cells"]
+            == 8)  # the first night's row is history, not overwritten
+
+
+def test_rescore_replaces_within_the_night(env, nightly, checkpoint):
+    root, out, _ = nightly
+    summary = score(cfg(checkpoint, str(root), out, run_date=DAY2, rescore=True), progress=False)
+    assert summary["reconciliation"]["ok"]
+    assert summary["counts"]["cells_written"] == 31 and summary["counts"]["quarantined"] == 1
+    cells = read(out, "cells")
+    night2 = cells[cells.run_date == DAY2]
+    assert len(night2) == 31 and not night2.duplicated(KEY).any()
+    assert len(cells[cells.run_date == DAY1]) == 24  # earlier nights keep their history
+    assert sorted(read(out, "samples").query("run_date == @DAY2")["sample_id"]) == [
+        "N1", "N2", "N3", "N4"]
+    q = read(out, "quarantine")
+    assert len(q[q.run_date == DAY2]) == 1
+
+
+def test_lost_differential_is_republished(env, nightly, checkpoint):
+    """A run dying between a sample's cells and its differential: the next run repairs it."""
+    root, out, _ = nightly
+    lost = next(Path(out, "samples", f"run_date={DAY2}").glob("part-N3-*.parquet"))
+    lost.unlink()
+    summary = score(cfg(checkpoint, str(root), out, run_date=DAY2), progress=False)
+    assert summary["reconciliation"]["ok"]
+    c = summary["counts"]
+    assert (c["cells_written"], c["quarantined"], c["samples_written"]) == (0, 0, 1)
+    samples = read(out, "samples").query("run_date == @DAY2").set_index("sample_id")
+    cells = read(out, "cells").query("run_date == @DAY2")
+    assert samples.loc["N3", "total_cells"] == (cells.sample_id == "N3").sum() == 8
+
+
+# ---------------------------------------------------------------- Pascal-VOC slide fields
+
+def wbc_boxes(xml: Path) -> list[tuple[float, ...]]:
+    root = ET.parse(xml).getroot()
+    return [tuple(float(o.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            for o in root.iter("object") if o.findtext("name") == "WBC"]
+
+
+def test_voc_fields_one_row_per_wbc_box(env, kaggle, checkpoint, tmp_path):
+    src = kaggle / "originals"
+    root = tmp_path / "fields"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    # 00010: two WBC boxes; 00133: none; 00096: no XML at all.
+    stems = [f"BloodImage_{i:05d}" for i in (0, 1, 2, 3, 4, 10, 96, 133)]
+    for stem in stems:
+        shutil.copy(src / "JPEGImages" / f"{stem}.jpg", root / "JPEGImages")
+        if (src / "Annotations" / f"{stem}.xml").exists():
+            shutil.copy(src / "Annotations" / f"{stem}.xml", root / "Annotations")
+    shutil.copy(src / "JPEGImages" / "BloodImage_00005.jpg", root / "JPEGImages" / "broken.jpg")
+    (root / "Annotations" / "broken.xml").write_text("<annotation><object><name>WBC</name>")
+    (root / "slideA").mkdir()  # the other layout: a sample folder, XML beside each field
+    shutil.copy(src / "JPEGImages" / "BloodImage_00006.jpg", root / "slideA" / "field1.jpg")
+    shutil.copy(src / "Annotations" / "BloodImage_00006.xml", root / "slideA" / "field1.xml")
+
+    expected = {}
+    for xml in sorted(root.rglob("*.xml")):
+        try:
+            boxes = wbc_boxes(xml)
+        except ET.ParseError:
+            continue
+        sample = "slideA" if xml.parent.name == "slideA" else xml.stem
+        for k, box in enumerate(boxes):
+            expected[(sample, f"{xml.stem}#{k}")] = box
+    assert len(expected) == 8  # 5 single boxes + 2 (00010) + 1 (slideA), 0 for 00133
+
+    out = str(tmp_path / "out")
+    summary = score(cfg(checkpoint, str(root), out, min_cells=1), progress=False)
+    assert summary["input_kind"] == "voc" and summary["reconciliation"]["ok"]
+    cells = read(out, "cells")
+    got = {(r.sample_id, r.cell_id): (r.xmin, r.ymin, r.xmax, r.ymax)
+           for r in cells.itertuples()}
+    assert got == expected
+    check_cells(cells, ScoreConfig().review_threshold, checkpoint)
+
+    q = read(out, "quarantine").set_index("sample_id")["reason"]
+    assert set(q.index) == {"BloodImage_00096", "BloodImage_00133", "broken"}
+    assert "no Pascal-VOC annotation" in q["BloodImage_00096"]
+    assert "no WBC box" in q["BloodImage_00133"]
+    assert "malformed annotation XML" in q["broken"]
+    assert summary["counts"]["inputs_seen"] == len(expected) + 3
+    check_differential(cells, read(out, "samples"), 1)
+
+
+# ---------------------------------------------------------------- manifests, hostile ids
+
+def test_manifest_boxes_and_hostile_sample_ids(env, kaggle, checkpoint, tmp_path):
+    field = kaggle / "originals" / "JPEGImages" / "BloodImage_00010.jpg"
+    (b1, b2) = wbc_boxes(kaggle / "originals" / "Annotations" / "BloodImage_00010.xml")
+    rows = [("M1", str(field), *b1), ("M1", str(field), *b2),
+            ("M1", str(field), *b1),  # a repeated row: same cell, kept once
+            ("M1", str(field), 5000.0, 5000.0, 5100.0, 5100.0),  # box outside the field
+            ("..", str(field), *b1), ("../../escape", str(field), *b1),
+            ("a\\b", str(field), *b1), ("bell\x07", str(field), *b1), ("", str(field), *b1)]
+    manifest = pd.DataFrame(rows, columns=["sample_id", "uri", "xmin", "ymin", "xmax", "ymax"])
+    work = tmp_path / "job"
+    work.mkdir()
+    manifest.to_parquet(work / "cells.parquet")
+    out = work / "out"
+    summary = score(cfg(checkpoint, str(work / "cells.parquet"), str(out), min_cells=1),
+                    progress=False)
+    assert summary["input_kind"] == "manifest" and summary["reconciliation"]["ok"]
+    assert summary["counts"]["duplicate_rows_ignored"] == 1
+    assert summary["counts"]["inputs_seen"] == len(rows) - 1
+
+    cells = read(str(out), "cells")
+    assert len(cells) == 2 and set(cells["sample_id"]) == {"M1"}
+    assert sorted(zip(cells.xmin, cells.ymax, strict=True)) == sorted(
+        [(b1[0], b1[3]), (b2[0], b2[3])])
+    q = read(str(out), "quarantine").set_index("sample_id")["reason"]
+    assert "escape the output prefix" in q[".."]
+    assert "path separator" in q["../../escape"] and "path separator" in q["a\\b"]
+    assert "control characters" in q["bell\x07"] and "empty sample_id" in q[""]
+    assert "crop box" in q["M1"]
+    # Nothing was written outside the output prefix.
+    assert sorted(p.name for p in work.iterdir()) == ["cells.parquet", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job"]
+    for p in out.rglob("*"):
+        assert p.resolve().is_relative_to(out.resolve())
+
+
+# ---------------------------------------------------------------- reconciliation can fail
+
+def test_lost_rows_fail_reconciliation(env, kaggle, checkpoint, tmp_path, monkeypatch):
+    import json
+
+    import wbc_ray.scoring.pipeline as pipeline
+
+    root = tmp_path / "archive" / "R1"
+    root.mkdir(parents=True)
+    for src in kaggle_images(kaggle, 3, offset=11):
+        shutil.copy(src, root / src.name)
+    real = pipeline.split_rows
+    monkeypatch.setattr(pipeline, "split_rows", lambda rows: tuple(
+        part.iloc[1:] if i == 0 else part for i, part in enumerate(real(rows))))
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="does not reconcile"):
+        score(cfg(checkpoint, str(root.parent), str(out)), progress=False)
+    (summary_file,) = (out / "runs").glob("*.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["status"] == "reconciliation_failed"
+    check = summary["reconciliation"]
+    assert (check["inputs_seen"], check["accounted"], check["missing_in_outputs"]) == (3, 2, 1)
