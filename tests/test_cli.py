@@ -114,3 +114,15 @@ def test_models_lists_registry():
     assert res.exit_code == 0
     for name in ("paper_cnn", "resnet50", "inception_v3", "vgg16", "mobilenet_v2"):
         assert name in res.output
+
+
+def test_tune_passes_options(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("wbc_ray.tuning.sweep.run_sweep",
+                        lambda cfg: seen.setdefault("cfg", cfg) and "sweep done")
+    res = runner.invoke(app, ["tune", "--data", "d", "--trials", "5", "--max-epochs", "7",
+                              "--gpus-per-trial", "1", "--output", "s3://b/tune"])
+    assert res.exit_code == 0, res.output
+    t = seen["cfg"].tune
+    assert (t.trials, t.max_epochs, t.gpus_per_trial, t.output) == (5, 7, 1.0, "s3://b/tune")
+    assert seen["cfg"].data.data == "d"

@@ -16,9 +16,10 @@ def cluster():
 
     if ray.is_initialized():
         ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    c.add_node(num_cpus=2, resources={"node_a": 1})
-    c.add_node(num_cpus=2, resources={"node_b": 1})
+    store = 300 * 1024**2  # three nodes share one machine's memory
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": store})
+    c.add_node(num_cpus=2, object_store_memory=store)
+    c.add_node(num_cpus=2, object_store_memory=store)
     c.wait_for_nodes()
     ray.init(address=c.address)
     yield c
