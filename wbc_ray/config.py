@@ -57,6 +57,7 @@ class TrainConfig:
     gpus: int = 0  # >0: that many GPU workers (NCCL)
     workers: int = 1  # CPU workers (gloo) when gpus == 0
     cpus_per_worker: int = 1
+    placement: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD: one worker per node if possible
     output: str = "runs"  # run directory root: local path or s3://
     name: str | None = None  # run name; rerunning a name resumes it
     max_failures: int = 2  # worker-group restarts before the run fails

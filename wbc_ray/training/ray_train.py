@@ -165,7 +165,8 @@ def build_trainer(cfg: RunConfig, data: PreparedData, run_dir: str, name: str,
     use_gpu = t.gpus > 0
     scaling = ScalingConfig(num_workers=t.gpus if use_gpu else t.workers, use_gpu=use_gpu,
                             resources_per_worker={"CPU": t.cpus_per_worker,
-                                                  **({"GPU": 1} if use_gpu else {})})
+                                                  **({"GPU": 1} if use_gpu else {})},
+                            placement_strategy=t.placement)
     fs, path = storage.pyarrow_filesystem(storage_path)
     run_config = ray.train.RunConfig(
         name=name, storage_path=path, storage_filesystem=fs,
