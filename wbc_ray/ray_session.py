@@ -23,8 +23,11 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
         return
     env = {k: os.environ[k] for k in STORAGE_ENV_VARS if k in os.environ}
     kwargs = {"runtime_env": {"env_vars": env}} if env else {}
-    if not os.environ.get("RAY_ADDRESS") and num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
+    if not os.environ.get("RAY_ADDRESS"):
+        # "local": always a new in-process instance, never a stray `ray start` cluster
+        kwargs["address"] = "local"
+        if num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
     ray.init(include_dashboard=False, **kwargs)
     if quiet:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
