@@ -8,6 +8,11 @@ import torch
 from wbc_ray.models.checkpoint import load_checkpoint
 from wbc_ray.training.loop import Normalise, autocast
 
+# Images per forward pass on CPU. Small chunks keep a chunk's activations in the caches
+# (the paper CNN's first conv writes ~0.6 MB per image in bf16); measured on 2 cores,
+# chunks of 32 ran the paper CNN ~1.5x faster than whole batches of 256 (docs/PERFORMANCE.md).
+CPU_CHUNK = 32
+
 
 def best_precision(device: torch.device) -> str:
     """bf16 where the hardware runs it natively (CUDA, CPUs with AMX/AVX512-BF16), else fp32."""
@@ -24,23 +29,41 @@ class Predictor:
     """``map_batches`` class: ``image`` (N, S, S, 3) uint8 -> ``probs`` (N, C) float32.
 
     Rows with a non-empty ``error`` column are passed through with NaN probabilities.
+
+    ``chunk``: images per forward pass (None: :data:`CPU_CHUNK` on CPU, the whole batch on
+    GPU). ``threads``: torch intra-op threads (None: leave the process setting, which Ray
+    sets to the actor's CPU count). ``compile``: ``torch.compile`` the model; on CPU its
+    warm-up (tens of seconds per actor) costs more than it saves on a nightly archive of
+    ~10k images, hence off by default (docs/PERFORMANCE.md, "Improvements").
     """
 
     def __init__(self, checkpoint: str, precision: str = "auto", channels_last: bool = True,
-                 compile: bool = False):
+                 compile: bool = False, chunk: int | None = None, threads: int | None = None):
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, self.meta = load_checkpoint(checkpoint, self.device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = torch.compile(model) if compile else model
         self.precision = best_precision(self.device) if precision == "auto" else precision
+        # bf16 on CPU: cast the weights once instead of autocasting them on every call
+        # (autocast re-casts the 8M-weight dense layer per forward). Same bf16 kernels.
+        self.dtype = torch.bfloat16 if (self.device.type == "cpu"
+                                        and self.precision == "bf16") else torch.float32
+        model = model.to(self.dtype)
+        self.model = torch.compile(model) if compile else model
+        self.chunk = chunk or (CPU_CHUNK if self.device.type == "cpu" else None)
         self.norm = Normalise(self.meta.mean, self.meta.std, channels_last).to(self.device)
 
     @torch.inference_mode()
     def predict(self, images: np.ndarray) -> np.ndarray:
         x = self.norm(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
-        with autocast(self.device, self.precision):
-            logits = self.model(x)
+        x = x.to(self.dtype)
+        if not len(x):
+            return np.zeros((0, len(self.meta.classes)), dtype=np.float32)
+        step = self.chunk or len(x)
+        with autocast(self.device, "fp32" if self.dtype == torch.bfloat16 else self.precision):
+            logits = torch.cat([self.model(x[i:i + step]) for i in range(0, len(x), step)])
         return logits.float().softmax(1).cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
