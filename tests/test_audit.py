@@ -8,7 +8,6 @@ never reads for matching.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +30,11 @@ from wbc_ray.data.audit import (
 from wbc_ray.data.sources import attach_groups, list_inputs
 from wbc_ray.data.splits import assign_splits
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 def _kaggle_root() -> Path:
-    root = DATA / "kaggle-blood-cells"
-    if root.exists():
-        return root
-    msg = f"real Kaggle images not found at {root} (see ../shared/data/README.md)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
+    from conftest import KAGGLE, require_data
+
+    return require_data(KAGGLE)
 
 
 def smear(seed: int, size: tuple[int, int] = (320, 240)) -> np.ndarray:
