@@ -9,6 +9,7 @@ the weights. Every contender reads the same files from the page cache in the sam
 
 Sections of docs/PERFORMANCE.md it writes (``--only`` picks some):
 - ``inference-ablation`` (ablation): what each Predictor change bought, model only;
+- ``inference-profile`` (profile): torch.profiler's top ops, before and after;
 - ``scoring`` (throughput): limits, the plain script, ``wbc-ray score`` cold and warm;
 - ``scoring-actor-layouts`` (layouts): the same run with the model actors laid out
   differently;
@@ -18,7 +19,10 @@ Sections of docs/PERFORMANCE.md it writes (``--only`` picks some):
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -76,6 +80,17 @@ def stock_pools(model: torch.nn.Module) -> torch.nn.Module:
             if isinstance(child, MaxPool2x2Stride1):
                 setattr(mod, name, torch.nn.MaxPool2d(2, stride=1))
     return model
+
+
+class PreChangePredictor(Predictor):
+    """The Predictor as it was before the inference changes: stock max-pools, the whole
+    batch in one forward, fp32 weights under bf16 autocast. Defined in the bench script, so
+    Ray ships it to the actors by value."""
+
+    def __init__(self, checkpoint: str, **kwargs):
+        super().__init__(checkpoint, **{**kwargs, "chunk": BATCH})
+        stock_pools(self.model).float()
+        self.dtype = torch.float32  # predict() then autocasts to self.precision (bf16)
 
 
 # ---------------------------------------------------------------- limits
@@ -254,13 +269,15 @@ def wbc_score(root: str, checkpoint: str, out: str, n: int, per_sample: int,
     up = ray.is_initialized()
     sampler = Sampler(Path(out) / "cells", per_sample, pss)
     sampler.start()
-    with Timer() as t_init:
-        init_ray(num_cpus=ray_cpus)
-    cfg = ScoreConfig(checkpoint=checkpoint, input=root, output=out, batch_size=BATCH,
-                      actors=actors, min_cells=1)
-    with Timer() as t_score:
-        summary = score(cfg, progress=False)
-    sampler.stop()
+    try:
+        with Timer() as t_init:
+            init_ray(num_cpus=ray_cpus)
+        cfg = ScoreConfig(checkpoint=checkpoint, input=root, output=out, batch_size=BATCH,
+                          actors=actors, min_cells=1)
+        with Timer() as t_score:
+            summary = score(cfg, progress=False)
+    finally:
+        sampler.stop()
     if summary["counts"]["cells_written"] != n:
         raise RuntimeError(f"scored {summary['counts']} of {n} images")
     return {"images": n, "ray start s": 0.0 if up else t_init.seconds,
@@ -269,7 +286,6 @@ def wbc_score(root: str, checkpoint: str, out: str, n: int, per_sample: int,
             "steady img/s": sampler.steady_rate(n),
             "peak RSS MB": sampler.peak_rss / 1024, "peak PSS MB": sampler.peak_pss / 1024,
             "processes": sampler.procs}
-
 
 
 # ---------------------------------------------------------------- sections
@@ -286,8 +302,6 @@ ABLATION = [
     (f"fp32, fast max-pool, chunks of {CPU_CHUNK}", {"precision": "fp32", "chunk": CPU_CHUNK},
      False, False),
     ("bf16 + torch.compile, cold inductor cache", {"chunk": CPU_CHUNK, "compile": True},
-     False, False),
-    ("bf16 + torch.compile again in the same process", {"chunk": CPU_CHUNK, "compile": True},
      False, False),
 ]
 
@@ -309,13 +323,18 @@ def ablation(a, tmp: Path, checkpoint: str) -> None:
         rate, core_s = predictor_rate(pred, images, CORES)
         rows.append({"Predictor": label, f"img/s ({CORES} threads)": rate,
                      "img/s per core": 1 / core_s, "first call s": first.seconds})
+    np.save(tmp / "images.npy", images)
+    rows.append({"Predictor": "bf16 + torch.compile, new process, inductor cache on disk",
+                 **compile_in_new_process(checkpoint, tmp / "images.npy")})
     for r in rows:
         r["vs before"] = r[f"img/s ({CORES} threads)"] / rows[0][f"img/s ({CORES} threads)"]
     body = (f"Paper CNN, one resident batch of {BATCH} decoded Kaggle images through "
             "`Predictor.predict` (normalise + forward + softmax), channels-last, best of 5. "
             "Rows 2-4 each add one change to the row above. `img/s per core`: images per "
             "CPU-second of the process with 1 torch thread. `first call s`: the first "
-            "`predict` on one chunk, i.e. torch.compile's warm-up that every actor pays.\n\n"
+            "`predict` on one chunk, i.e. torch.compile's warm-up that every actor pays: "
+            "cold (empty inductor cache) or in a new process that finds the cache on disk, "
+            "as the actors of a later run on the same machine would.\n\n"
             + table(rows, ["Predictor", f"img/s ({CORES} threads)", "img/s per core",
                            "vs before", "first call s"])
             + "\n\nOne stride-1 2x2 max-pool on its own (chunk of "
@@ -323,6 +342,50 @@ def ablation(a, tmp: Path, checkpoint: str) -> None:
             + table(pool_rows(), ["input (N, C, H, W)", "dtype", "nn.MaxPool2d ms",
                                   "shifted maxima ms", "speed-up"]))
     write_section("inference-ablation", body, "python bench/score.py --only ablation")
+
+
+def profile(a, tmp: Path, checkpoint: str) -> None:
+    """Where ``predict`` spends its time, before and after the changes (torch.profiler)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    images = resident_batch(make_archive(tmp / "profile", BATCH, BATCH))
+    rows = []
+    for label, pred in (("before", PreChangePredictor(checkpoint)), ("now", Predictor(checkpoint))):
+        pred.predict(images)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                pred.predict(images)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]:
+            rows.append({"Predictor": label, "op": f"`{e.key}`", "calls": e.count // 3,
+                         "self CPU %": 100 * e.self_cpu_time_total / total})
+    body = (f"torch.profiler over 3 x `Predictor.predict` on a resident batch of {BATCH} "
+            f"images, {CORES} threads, the 6 ops with the most self CPU time. `before`: the "
+            "pre-change Predictor (stock max-pools, whole batch, bf16 autocast); `now`: the "
+            "default Predictor.\n\n"
+            + table(rows, ["Predictor", "op", "calls", "self CPU %"]))
+    write_section("inference-profile", body, "python bench/score.py --only profile")
+
+
+def compile_in_new_process(checkpoint: str, images: Path) -> dict:
+    """torch.compile as an actor of a later run meets it: a new process, cache on disk."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import score; "
+            f"score.compile_probe({checkpoint!r}, {str(images)!r})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=os.environ.copy())
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compile_probe(checkpoint: str, images_npy: str) -> None:
+    images = np.load(images_npy)
+    pred = Predictor(checkpoint, chunk=CPU_CHUNK, compile=True)
+    with Timer() as first:
+        pred.predict(images[:pred.chunk])
+    rate, core_s = predictor_rate(pred, images, CORES)
+    print(json.dumps({f"img/s ({CORES} threads)": rate, "img/s per core": 1 / core_s,
+                      "first call s": first.seconds}))
 
 
 def pool_rows() -> list[dict]:
@@ -387,11 +450,16 @@ def throughput(a, tmp: Path, checkpoint: str) -> None:
     write_section("scoring", body, _command(a))
 
 
-# (label, extra environment for the Ray workers, ScoreConfig.actors, logical CPUs for Ray)
+# (label, extra environment for the Ray workers, ScoreConfig.actors, logical CPUs for Ray,
+#  Predictor class the pipeline uses)
 LAYOUTS = [
-    ("default: 1 actor x 1 CPU, 1 torch thread", {}, None, None),
-    ("1 actor, 2 torch threads (OMP_NUM_THREADS=2)", {"OMP_NUM_THREADS": "2"}, None, None),
-    ("2 actors x 1 CPU, 1 torch thread each (--actors 2, Ray given 3 CPUs)", {}, 2, 3),
+    ("default: 1 actor x 1 CPU, 1 torch thread, Predictor before the changes", {}, None,
+     None, PreChangePredictor),
+    ("default: 1 actor x 1 CPU, 1 torch thread", {}, None, None, Predictor),
+    ("1 actor, 2 torch threads (OMP_NUM_THREADS=2)", {"OMP_NUM_THREADS": "2"}, None, None,
+     Predictor),
+    ("2 actors x 1 CPU, 1 torch thread each (--actors 2, Ray given 3 CPUs)", {}, 2, 3,
+     Predictor),
 ]
 
 
@@ -399,12 +467,18 @@ def layouts(a, tmp: Path, checkpoint: str) -> None:
     """The same scoring run with the model actors laid out differently on this machine."""
     import ray
 
+    from wbc_ray.scoring import pipeline
+
+    if getattr(pipeline, "Predictor", None) is not Predictor:
+        raise SystemExit("wbc_ray.scoring.pipeline no longer uses inference.Predictor by "
+                         "that name: update the Predictor swap in bench/score.py layouts()")
     files = make_archive(tmp / "layouts", a.n, a.per_sample)
     _, combined = limits(files, checkpoint)
     rows = []
-    for label, env, actors, ray_cpus in LAYOUTS:
+    for label, env, actors, ray_cpus, predictor in LAYOUTS:
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # the raylet and its workers inherit the driver's environment
+        pipeline.Predictor = predictor
         try:
             cold = wbc_score(str(tmp / "layouts"), checkpoint, str(tmp / f"lay-{len(rows)}a"),
                              a.n, a.per_sample, actors, ray_cpus)
@@ -412,6 +486,7 @@ def layouts(a, tmp: Path, checkpoint: str) -> None:
                              a.n, a.per_sample, actors, ray_cpus)
         finally:
             ray.shutdown()
+            pipeline.Predictor = Predictor
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k)
@@ -424,9 +499,10 @@ def layouts(a, tmp: Path, checkpoint: str) -> None:
                      "peak RSS MB": max(cold["peak RSS MB"], warm["peak RSS MB"])})
     body = (f"{a.n:,} Kaggle JPEGs ({a.n // a.per_sample} samples), as in `scoring`; each "
             f"layout in a fresh Ray session, run twice (cold, then Ray up). Combined limit "
-            f"{combined:,.0f} img/s. On a CPU-only cluster Ray Data fuses the decode stage into "
-            "the model actors (same resources), so each actor decodes and predicts its "
-            "batches in turn.\n\n"
+            f"{combined:,.0f} img/s. The first row swaps the pre-change Predictor into the "
+            "pipeline (`PreChangePredictor`). On a CPU-only cluster Ray Data fuses the decode "
+            "stage into the model actors (same resources), so each actor decodes and "
+            "predicts its batches in turn.\n\n"
             + table(rows, ["actor layout", "s incl. Ray start", "img/s incl. Ray start",
                            "s, Ray up", "steady img/s (Ray up)", "steady vs combined limit",
                            "peak RSS MB"]))
@@ -475,7 +551,7 @@ def _command(a, memory_only: bool = False) -> str:
     return f"python bench/score.py --only throughput --n {a.n} --per-sample {a.per_sample}{extra}"
 
 
-SECTIONS = {"ablation": ablation, "throughput": throughput,
+SECTIONS = {"ablation": ablation, "profile": profile, "throughput": throughput,
             "layouts": layouts, "memory": memory}
 
 

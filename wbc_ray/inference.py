@@ -9,8 +9,8 @@ from wbc_ray.models.checkpoint import load_checkpoint
 from wbc_ray.training.loop import Normalise, autocast
 
 # Images per forward pass on CPU. Small chunks keep a chunk's activations in the caches
-# (the paper CNN's first conv writes ~0.6 MB per image in bf16); measured on 2 cores,
-# chunks of 32 ran the paper CNN ~1.5x faster than whole batches of 256 (docs/PERFORMANCE.md).
+# (the paper CNN's first conv writes ~0.6 MB per image in bf16): on 2 cores, chunks of 32
+# ran the paper CNN 2.1x faster than whole batches of 256 (docs/PERFORMANCE.md).
 CPU_CHUNK = 32
 
 
@@ -31,16 +31,14 @@ class Predictor:
     Rows with a non-empty ``error`` column are passed through with NaN probabilities.
 
     ``chunk``: images per forward pass (None: :data:`CPU_CHUNK` on CPU, the whole batch on
-    GPU). ``threads``: torch intra-op threads (None: leave the process setting, which Ray
-    sets to the actor's CPU count). ``compile``: ``torch.compile`` the model; on CPU its
-    warm-up (tens of seconds per actor) costs more than it saves on a nightly archive of
-    ~10k images, hence off by default (docs/PERFORMANCE.md, "Improvements").
+    GPU); torch's threads are the actor's CPUs (Ray sets them). ``compile``: torch.compile
+    the model. Off by default: on CPU it ran the paper CNN at most ~14% faster than this
+    eager path, after a warm-up of ~11 s per actor on a cold inductor cache (~1 s with the
+    cache on disk), and a new batch shape recompiles (docs/PERFORMANCE.md, "Improvements").
     """
 
     def __init__(self, checkpoint: str, precision: str = "auto", channels_last: bool = True,
-                 compile: bool = False, chunk: int | None = None, threads: int | None = None):
-        if threads is not None:
-            torch.set_num_threads(threads)
+                 compile: bool = False, chunk: int | None = None):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, self.meta = load_checkpoint(checkpoint, self.device)
         if channels_last:
