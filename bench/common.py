@@ -61,6 +61,13 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def add_ratios(rows: list[dict], **bases: float) -> None:
+    """``add_ratios(rows, **{"vs plain": 120.0})`` adds ``img/s / base`` columns in place."""
+    for r in rows:
+        for column, base in bases.items():
+            r[column] = r["img/s"] / base
+
+
 def write_section(name: str, body: str, command: str) -> None:
     """Replace (or append) the ``<!-- bench:name -->`` section of docs/PERFORMANCE.md."""
     stamp = time.strftime("%Y-%m-%d")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import KAGGLE, Timer, table, write_section
+from common import KAGGLE, Timer, add_ratios, table, write_section
 from PIL import Image
 
 from wbc_ray.classes import PAPER_CLASSES
@@ -438,9 +438,7 @@ def throughput(a, tmp: Path, checkpoint: str) -> None:
         rows.append({"path": f"wbc-ray score, {label}: steady state (10-80% published)",
                      "img/s": r["steady img/s"]})
     ray.shutdown()
-    for r in rows:
-        r["vs plain script"] = r["img/s"] / plain
-        r["vs combined limit"] = r["img/s"] / combined
+    add_ratios(rows, **{"vs plain script": plain, "vs combined limit": combined})
     body = (f"{a.n:,} Kaggle 320x240 JPEGs in {a.n // a.per_sample} samples x {a.per_sample} "
             f"cells (symlinks), untrained paper CNN checkpoint, batch {BATCH}, page cache "
             f"warm. {_layout_note(a)} `peak RSS MB`: summed over the Ray session's "

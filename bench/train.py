@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import KAGGLE, Timer, table, write_section
+from common import KAGGLE, Timer, add_ratios, table, write_section
 
 from wbc_ray.config import DataConfig, load_run_config
 from wbc_ray.data.decode import decode_resize
@@ -105,9 +105,7 @@ def main() -> None:
             rows.append({"path": f"wbc-ray train --workers {workers} ({cpw} CPU each)",
                          "img/s": rate, "wall s (incl. Ray start, decode)": wall})
             ray.shutdown()
-    for r in rows:
-        r["vs plain loop"] = r["img/s"] / plain
-        r["vs limit"] = r["img/s"] / limit
+    add_ratios(rows, **{"vs plain loop": plain, "vs limit": limit})
     body = (f"Paper CNN, bf16 autocast, channels-last, batch {a.batch_size}, "
             f"{n_train} Kaggle training images ({a.per_class} per class), {a.epochs} epochs; "
             "steady-state images/s (epochs after the first).\n\n"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -23,14 +22,8 @@ log = logging.getLogger(__name__)
 ROWS_PER_BLOCK = 256  # ~7.5 MB of 100x100 RGB per block: small enough to stream
 
 
-@lru_cache(maxsize=8)
-def _fs_for(scheme_root: str):
-    return storage.filesystem(scheme_root)[0]
-
-
 def _read(uri: str) -> bytes:
-    fs, path = storage.filesystem(uri) if not storage.is_remote(uri) else (
-        _fs_for(uri.split("://", 1)[0] + "://"), uri.split("://", 1)[1])
+    fs, path = storage.filesystem(uri)  # fsspec caches filesystem instances per process
     with fs.open(path, "rb") as f:
         return f.read()
 
