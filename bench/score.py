@@ -451,13 +451,12 @@ def throughput(a, tmp: Path, checkpoint: str) -> None:
 # (label, extra environment for the Ray workers, ScoreConfig.actors, logical CPUs for Ray,
 #  Predictor class the pipeline uses)
 LAYOUTS = [
-    ("default: 1 actor x 1 CPU, 1 torch thread, Predictor before the changes", {}, None,
-     None, PreChangePredictor),
-    ("default: 1 actor x 1 CPU, 1 torch thread", {}, None, None, Predictor),
-    ("1 actor, 2 torch threads (OMP_NUM_THREADS=2)", {"OMP_NUM_THREADS": "2"}, None, None,
+    ("1 actor x 1 CPU, Predictor before the changes (Ray given 1 CPU: the old default)",
+     {}, None, 1, PreChangePredictor),
+    ("1 actor x 1 CPU, 1 torch thread (Ray given 1 CPU: the old default)", {}, None, 1,
      Predictor),
-    ("2 actors x 1 CPU, 1 torch thread each (--actors 2, Ray given 3 CPUs)", {}, 2, 3,
-     Predictor),
+    ("1 actor x 2 CPUs, 2 torch threads (--actors 1)", {}, 1, None, Predictor),
+    ("default: 2 actors x 1 CPU, 1 torch thread each", {}, None, None, Predictor),
 ]
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from wbc_ray.classes import normalise_class, resolve_classes
 from wbc_ray.config import RunConfig, dump_yaml, load_run_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _write(tmp_path, text):
@@ -84,3 +88,12 @@ def test_class_sets():
     assert resolve_classes("eos,neutro") == ("EOSINOPHIL", "NEUTROPHIL")
     with pytest.raises(ValueError, match="twice"):
         resolve_classes("eos,eosinophil")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_name_known_models(path):
+    from wbc_ray.models import list_models
+
+    cfg = load_run_config(str(path))
+    assert cfg.model.name in list_models()
+    assert cfg.data.data.startswith("../shared/data/")  # relative to the repository root

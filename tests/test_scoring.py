@@ -198,11 +198,12 @@ def test_file_names_are_safe_and_distinct():
     assert file_name("S1", "f00d") == names["S1"]  # deterministic
 
 
-def test_actor_resources_leave_cpus_for_decoding():
-    assert actor_resources(None, {"CPU": 2.0}) == (1, 1, 0)
-    assert actor_resources(4, {"CPU": 2.0}) == (1, 1, 0)  # never every CPU to the model
-    assert actor_resources(None, {"CPU": 16.0}) == (1, 12, 0)
-    assert actor_resources(2, {"CPU": 16.0}) == (2, 6, 0)
+def test_actor_resources_one_actor_per_cpu_without_gpus():
+    assert actor_resources(None, {"CPU": 2.0}) == (2, 1, 0)
+    assert actor_resources(4, {"CPU": 2.0}) == (2, 1, 0)  # never more actors than CPUs
+    assert actor_resources(1, {"CPU": 2.0}) == (1, 2, 0)
+    assert actor_resources(None, {"CPU": 16.0}) == (16, 1, 0)
+    assert actor_resources(3, {"CPU": 16.0}) == (3, 5, 0)
     assert actor_resources(None, {"CPU": 32.0, "GPU": 4.0}) == (4, 1, 1)
 
 

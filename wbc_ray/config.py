@@ -99,7 +99,7 @@ class ScoreConfig:
     batch_size: int = 256
     rescore: bool = False  # score everything again, even cells already scored
     run_date: str | None = None  # partition value for this night (default: today, UTC)
-    actors: int | None = None  # model actors (default: one per GPU, else one)
+    actors: int | None = None  # model actors (default: one per GPU, else one per CPU)
 
 
 @dataclass(frozen=True)
