@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScoreConfig, bool]:
                    "today, UTC).")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="Model batch size.")
     p.add_argument("--actors", type=int, default=None,
-                   help="Model actors (default: one per GPU, else one).")
+                   help="Model actors (default: one per GPU, else one per CPU).")
     p.add_argument("--no-progress", action="store_true", help="No progress bar (batch logs).")
     a = p.parse_args(argv)
     cfg = ScoreConfig(checkpoint=a.checkpoint, input=a.input, output=a.output,

@@ -70,11 +70,13 @@ def test_score_passes_options(monkeypatch):
                         lambda cfg, **kw: seen.setdefault("cfg", cfg) and {"ok": True})
     monkeypatch.setattr("wbc_ray.ray_session.init_ray", lambda *a, **k: None)
     res = runner.invoke(app, ["score", "--checkpoint", "ck", "--input", "s3://a/in", "--output",
-                              "s3://a/out", "--rescore", "--min-cells", "50"])
+                              "s3://a/out", "--rescore", "--min-cells", "50", "--actors", "3",
+                              "--batch-size", "64"])
     assert res.exit_code == 0, res.output
     cfg = seen["cfg"]
     assert (cfg.checkpoint, cfg.input, cfg.output) == ("ck", "s3://a/in", "s3://a/out")
     assert cfg.rescore is True and cfg.min_cells == 50 and cfg.review_threshold == 0.6
+    assert (cfg.actors, cfg.batch_size) == (3, 64)
 
 
 def test_evaluate_passes_options(monkeypatch):

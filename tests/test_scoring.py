@@ -204,6 +204,9 @@ def test_actor_resources_one_actor_per_cpu_without_gpus():
     assert actor_resources(1, {"CPU": 2.0}) == (1, 2, 0)
     assert actor_resources(None, {"CPU": 16.0}) == (16, 1, 0)
     assert actor_resources(3, {"CPU": 16.0}) == (3, 5, 0)
+    # three nodes of 1 + 2 + 2 CPUs: one actor may not ask for all five CPUs
+    assert actor_resources(1, {"CPU": 5.0}, node_cpus=2.0) == (1, 2, 0)
+    assert actor_resources(None, {"CPU": 5.0}, node_cpus=2.0) == (5, 1, 0)
     assert actor_resources(None, {"CPU": 32.0, "GPU": 4.0}) == (4, 1, 1)
 
 

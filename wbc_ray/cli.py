@@ -158,6 +158,9 @@ def score(
                                                            "needs review.")] = None,
     min_cells: Annotated[int | None, typer.Option(help="Fewer cells: insufficient count.")] = None,
     run_date: Annotated[str | None, typer.Option(help="Night partition (YYYY-MM-DD).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Model batch size.")] = None,
+    actors: Annotated[int | None, typer.Option(help="Model actors (default: one per GPU, "
+                                               "else one per CPU).")] = None,
     config: Config = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -165,7 +168,8 @@ def score(
     _setup_logging(verbose)
     overrides = {"score": {"checkpoint": checkpoint, "input": input, "output": output,
                            "rescore": rescore or None, "review_threshold": review_threshold,
-                           "min_cells": min_cells, "run_date": run_date}}
+                           "min_cells": min_cells, "run_date": run_date,
+                           "batch_size": batch_size, "actors": actors}}
     from wbc_ray.ray_session import init_ray
     from wbc_ray.scoring.pipeline import score as run_score
 

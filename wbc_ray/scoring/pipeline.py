@@ -293,7 +293,9 @@ def _scored_dataset(run: Run, todo: pd.DataFrame) -> ray.data.Dataset:
     all-to-all stage needs free CPUs that the model actors may hold on a small machine).
     """
     cfg = run.cfg
-    actors, cpus, gpus = actor_resources(cfg.actors, ray.cluster_resources())
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]),
+                    default=1)
+    actors, cpus, gpus = actor_resources(cfg.actors, ray.cluster_resources(), node_cpus)
     rows = todo[list(RECORD_COLUMNS)].reset_index(drop=True)
     blocks = [rows.iloc[i:i + ROWS_PER_BLOCK] for i in range(0, len(rows), ROWS_PER_BLOCK)]
     # On CPU-only clusters decode asks for the actors' CPUs so that Ray Data fuses it
@@ -308,14 +310,16 @@ def _scored_dataset(run: Run, todo: pd.DataFrame) -> ray.data.Dataset:
         compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(blocks)))))
 
 
-def actor_resources(actors: int | None, cluster: dict[str, float]) -> tuple[int, int, int]:
+def actor_resources(actors: int | None, cluster: dict[str, float],
+                    node_cpus: float | None = None) -> tuple[int, int, int]:
     """(model actors, CPUs per actor, GPUs per actor) for a cluster's resources.
 
     GPUs: one actor per GPU (or ``actors``), one GPU and one CPU each; decoding runs as CPU
     tasks on the other CPUs. CPU only: one actor per CPU by default (``actors`` caps it),
     the CPUs split evenly between them; decoding is fused into the actors (same CPU
     request), so every core decodes and predicts in turn. Ray caps each actor's torch
-    threads at its CPU count. Measured on 2 cores (docs/PERFORMANCE.md): 2 actors x 1 CPU
+    threads at its CPU count. No actor asks for more CPUs than the largest node has
+    (``node_cpus``): such an actor would never start. Measured on 2 cores (docs/PERFORMANCE.md): 2 actors x 1 CPU
     run 1.6x the steady rate of 1 actor x 1 CPU, and 1.2x that of 1 actor x 2 threads.
     """
     gpus = int(cluster.get("GPU", 0))
@@ -323,7 +327,10 @@ def actor_resources(actors: int | None, cluster: dict[str, float]) -> tuple[int,
         return actors or gpus, 1, 1
     total = max(1, int(cluster.get("CPU", 1)))
     n = min(actors or total, total)
-    return n, total // n, 0
+    per_actor = total // n
+    if node_cpus is not None:
+        per_actor = min(per_actor, max(1, int(node_cpus)))
+    return n, per_actor, 0
 
 
 def batch_frame(run: Run, batch: dict[str, np.ndarray]) -> pd.DataFrame:
