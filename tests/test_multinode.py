@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from wbc_ray.classes import PAPER_CLASSES
-from wbc_ray.config import ScoreConfig, load_run_config
+from wbc_ray.config import load_run_config
 from wbc_ray.data.synthetic import make_archive, make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,4 +75,5 @@ def test_two_worker_training_spreads_across_nodes_then_scores(cluster, tmp_path)
     assert sorted(cells["sample_id"].value_counts().items()) == [("S1", 5), ("S2", 4)]
     assert set(cells["label"]) <= set(PAPER_CLASSES)
     samples = pd.read_parquet(tmp_path / "scores" / "samples")
-    assert dict(zip(samples["sample_id"], samples["total_cells"])) == {"S1": 5, "S2": 4}
+    totals = dict(zip(samples["sample_id"], samples["total_cells"], strict=True))
+    assert totals == {"S1": 5, "S2": 4}

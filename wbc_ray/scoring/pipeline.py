@@ -37,7 +37,7 @@ import ray
 
 from wbc_ray import __version__
 from wbc_ray.config import ScoreConfig
-from wbc_ray.data.dataset import ROWS_PER_BLOCK, decode_batch
+from wbc_ray.data.dataset import ROWS_PER_BLOCK, decode_dataset
 from wbc_ray.inference import Predictor
 from wbc_ray.models.checkpoint import CheckpointMeta, fingerprint, read_meta
 from wbc_ray.scoring.differential import differential
@@ -289,25 +289,21 @@ def _raise_failed(futures: list[Future]) -> None:
 def _scored_dataset(run: Run, todo: pd.DataFrame) -> ray.data.Dataset:
     """The lazy decode -> predict stream (GPU actors when the cluster has GPUs).
 
-    Records enter as ready-made blocks of ``ROWS_PER_BLOCK`` rows (no repartition: an
-    all-to-all stage needs free CPUs that the model actors may hold on a small machine).
+    On CPU-only clusters decode asks for the actors' CPUs so that Ray Data fuses it into
+    them: each actor decodes and predicts on its own CPUs, and no CPU idles waiting for
+    decode tasks that fusion would never launch.
     """
     cfg = run.cfg
     node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]),
                     default=1)
     actors, cpus, gpus = actor_resources(cfg.actors, ray.cluster_resources(), node_cpus)
-    rows = todo[list(RECORD_COLUMNS)].reset_index(drop=True)
-    blocks = [rows.iloc[i:i + ROWS_PER_BLOCK] for i in range(0, len(rows), ROWS_PER_BLOCK)]
-    # On CPU-only clusters decode asks for the actors' CPUs so that Ray Data fuses it
-    # into them: each actor decodes and predicts on its own core, and no CPU idles
-    # waiting for decode tasks that fusion would never launch.
-    ds = ray.data.from_pandas(blocks).map_batches(
-        decode_batch, fn_kwargs={"size": run.meta.input_size, "max_pixels": MAX_PIXELS},
-        batch_format="pandas", batch_size=ROWS_PER_BLOCK, num_cpus=1 if gpus else cpus)
+    rows = todo[list(RECORD_COLUMNS)]
+    ds = decode_dataset(rows, run.meta.input_size, MAX_PIXELS, num_cpus=1 if gpus else cpus)
+    blocks = -(-len(rows) // ROWS_PER_BLOCK)
     return ds.map_batches(
         Predictor, fn_constructor_kwargs={"checkpoint": cfg.checkpoint},
         batch_size=cfg.batch_size, batch_format="numpy", num_gpus=gpus, num_cpus=cpus,
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(blocks)))))
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, blocks))))
 
 
 def actor_resources(actors: int | None, cluster: dict[str, float],
@@ -319,8 +315,9 @@ def actor_resources(actors: int | None, cluster: dict[str, float],
     the CPUs split evenly between them; decoding is fused into the actors (same CPU
     request), so every core decodes and predicts in turn. Ray caps each actor's torch
     threads at its CPU count. No actor asks for more CPUs than the largest node has
-    (``node_cpus``): such an actor would never start. Measured on 2 cores (docs/PERFORMANCE.md): 2 actors x 1 CPU
-    run 1.6x the steady rate of 1 actor x 1 CPU, and 1.2x that of 1 actor x 2 threads.
+    (``node_cpus``): such an actor would never start. Measured on 2 cores
+    (docs/PERFORMANCE.md): 2 actors x 1 CPU run 1.6x the steady rate of 1 actor x 1 CPU,
+    and 1.3x that of 1 actor x 2 threads.
     """
     gpus = int(cluster.get("GPU", 0))
     if gpus:
