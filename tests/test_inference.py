@@ -159,3 +159,20 @@ def test_predictor_call_keeps_bad_rows_as_nan(checkpoint, images):
     np.testing.assert_allclose(out["probs"][[0, 2, 3]],
                                _reference(checkpoint, images[[0, 2, 3]]), atol=1e-5)
     assert pred.predict(images[:0]).shape == (0, len(PAPER_CLASSES))
+
+
+@pytest.mark.parametrize("capability, flags, expected", [
+    ("AMX", {"avx512f"}, "bf16"),
+    ("AVX512", {"avx512f", "avx512_bf16"}, "bf16"),
+    ("AVX512", {"avx512f"}, "fp32"),  # bf16 would be emulated: slower than fp32
+    ("AVX2", {"avx2"}, "fp32"),
+])
+def test_auto_precision_picks_bf16_only_where_the_cpu_runs_it(monkeypatch, capability, flags,
+                                                              expected):
+    import torch
+
+    from wbc_ray import inference
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(inference, "cpu_flags", lambda: flags)
+    assert inference.best_precision(torch.device("cpu")) == expected

@@ -18,11 +18,22 @@ def best_precision(device: torch.device) -> str:
     """bf16 where the hardware runs it natively (CUDA, CPUs with AMX/AVX512-BF16), else fp32."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    caps = torch.backends.cpu.get_cpu_capability().upper()
+    if "AMX" in caps or ("AVX512" in caps and "avx512_bf16" in cpu_flags()):
+        return "bf16"
+    return "fp32"  # plain AVX-512 or AVX2 would emulate bf16, slower than fp32
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags the Linux kernel reports (empty elsewhere)."""
     try:
-        caps = torch.backends.cpu.get_cpu_capability()
-    except Exception:  # pragma: no cover - very old torch
-        return "fp32"
-    return "bf16" if "AMX" in caps.upper() or "AVX512" in caps.upper() else "fp32"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 class Predictor:

@@ -11,7 +11,6 @@ import os
 from collections.abc import Callable
 
 import torch
-import torchvision.models as tvm
 from torch import nn
 
 from wbc_ray.models.registry import IMAGENET_MEAN, IMAGENET_STD, register
@@ -67,6 +66,7 @@ def _load_imagenet(model: nn.Module, weights_enum, weights: str | None) -> None:
 
 def _trunk(name: str) -> tuple[Callable[..., nn.Module], object, Callable[[nn.Module], int]]:
     """(constructor, weights enum, fn that strips the classifier and returns feature width)."""
+    import torchvision.models as tvm  # here, not at import: paper_cnn actors never need it
 
     def strip_fc(m):
         n = m.fc.in_features
