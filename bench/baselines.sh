@@ -6,8 +6,8 @@
 #   KAGGLE_MODELS (default "mobilenet_v2"), EPOCHS_KAGGLE (default 4)
 set -euo pipefail
 OUT=${1:-runs/results}
-MODELS=${MODELS:-mobilenet_v2 resnet50 inception_v3 vgg16}
-KAGGLE_MODELS=${KAGGLE_MODELS:-mobilenet_v2}
+MODELS=${MODELS-mobilenet_v2 resnet50 inception_v3 vgg16}  # MODELS= runs none
+KAGGLE_MODELS=${KAGGLE_MODELS-mobilenet_v2}
 EPOCHS_LISC=${EPOCHS_LISC:-40}
 EPOCHS_KAGGLE=${EPOCHS_KAGGLE:-4}
 wbc=".venv/bin/wbc-ray"

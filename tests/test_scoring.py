@@ -248,6 +248,19 @@ def test_job_script_builds_the_config():
 
 # ---------------------------------------------------------------- local and S3 archives
 
+def test_cpu_decode_is_fused_into_the_model_actors(env, archive, checkpoint, tmp_path, capsys):
+    """The CPU layout's speed rests on Ray Data fusing decode into each model actor
+    (docs/PERFORMANCE.md): one operator, not decode tasks waiting for CPUs the actors hold."""
+    from wbc_ray.scoring import pipeline
+
+    root, _, _ = archive
+    run = pipeline._start(cfg(checkpoint, str(root), str(tmp_path / "out")))
+    todo = read_inputs(str(root)).records
+    pipeline._scored_dataset(run, todo).explain()
+    optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    assert "MapBatches(decode_batch)->MapBatches(Predictor)" in optimized
+
+
 def test_local_archive_reconciles(local_run, archive, checkpoint):
     summary, out = local_run
     root, n_images, bad = archive

@@ -78,10 +78,10 @@ def decode_dataset(records: pd.DataFrame, size: int, max_pixels: int = 40_000_00
     """Lazy dataset of ``records`` plus ``image`` and ``error`` columns.
 
     Records enter as ready-made blocks of ``ROWS_PER_BLOCK`` rows, so decoding starts at
-    once: a ``repartition`` would add an all-to-all stage (measured 0.67x a plain PIL loop
-    on 2,000 images with it, see docs/PERFORMANCE.md) and needs free CPUs that model actors
-    may hold on a small machine. ``num_cpus`` is what each decode task asks for; a
-    following actor stage that asks for the same is fused with it.
+    once: a ``repartition`` would add an all-to-all stage that waits for every record and
+    needs free CPUs that model actors may hold on a small machine. ``num_cpus`` is what
+    each decode task asks for; a following actor stage that asks for the same is fused
+    with it.
     """
     if records.empty:
         raise ValueError("no input images to read")
@@ -103,7 +103,7 @@ def decode_materialized(records: pd.DataFrame, size: int, max_pixels: int = 40_0
 
     The stream is one map stage, so Ray Data's per-operator resource reservation has
     nothing to protect and only halves the tasks in flight on a small machine: 2 CPUs ran
-    1.8x faster with it off (docs/PERFORMANCE.md, ``ingest``). It is turned off for this
+    1.7x faster with it off (docs/PERFORMANCE.md, ``ingest``). It is turned off for this
     dataset only; pipelines with several stages keep it.
     """
     ds = decode_dataset(records, size, max_pixels)
