@@ -21,7 +21,8 @@ from wbc_ray.config import DataConfig, load_run_config
 from wbc_ray.data.decode import decode_resize
 from wbc_ray.data.prepare import list_labelled
 from wbc_ray.models import build_model
-from wbc_ray.training.loop import Normalise, make_optimizer, train_one_epoch
+from wbc_ray.models.inputs import Normalise
+from wbc_ray.training.loop import make_optimizer, train_one_epoch
 
 
 def load(per_class: int):
@@ -69,7 +70,10 @@ def model_only(bs, threads, steps=30):
 
 
 def ray_train(per_class, epochs, bs, workers, cpus_per_worker, out):
-    from wbc_ray.training.run import train
+    from wbc_ray.ray_session import init_ray
+    from wbc_ray.workflows.train import train
+
+    init_ray(num_cpus=os.cpu_count())
 
     cfg = load_run_config(None, {
         "data": {"data": str(KAGGLE / "images"), "limit_per_class": per_class,
@@ -78,7 +82,7 @@ def ray_train(per_class, epochs, bs, workers, cpus_per_worker, out):
                   "batch_size": bs, "precision": "bf16", "output": out,
                   "name": f"bench-{workers}w"}})
     with Timer() as t:
-        outcome = train(cfg, evaluate_test=False, num_cpus=os.cpu_count())
+        outcome = train(cfg, evaluate_test=False)
     hist = outcome.result.history
     steady = [h["images_per_s"] for h in hist[1:]] or [hist[0]["images_per_s"]]
     return float(np.mean(steady)), t.seconds

@@ -18,10 +18,10 @@ from scipy.spatial.distance import cdist
 from sklearn.metrics import adjusted_rand_score
 
 from wbc_ray.classes import PAPER_CLASSES
+from wbc_ray.workflows.audit import audit_split
 from wbc_ray.data.audit import (
     NEAR_COPY_THRESHOLD,
     audit,
-    audit_cli,
     compute_fingerprints,
     fingerprint,
     fingerprint_bytes,
@@ -209,7 +209,7 @@ def test_audit_cli_writes_reports_and_lists_unreadable_images(tmp_path, kaggle_s
     groups = pd.DataFrame({"path": [*few["path"], "TEST/EOSINOPHIL/broken.jpeg"],
                            "best_original": [*few["group"], "broken"]})
     groups.to_csv(tmp_path / "groups.csv", index=False)
-    report = audit_cli(str(data), "paper", str(tmp_path / "groups.csv"), 0,
+    report = audit_split(str(data), "paper", str(tmp_path / "groups.csv"), 0,
                        str(tmp_path / "out"))
     assert [u for u, _ in report.unreadable] == ["TEST/EOSINOPHIL/broken.jpeg"]
     written = json.loads((tmp_path / "out" / "audit.json").read_text())

@@ -27,7 +27,9 @@ def captured_train(monkeypatch):
         return SimpleNamespace(result=SimpleNamespace(run_dir="r", best_checkpoint="r/best",
                                                       history=hist), test_metrics=None)
 
-    monkeypatch.setattr("wbc_ray.training.run.train", fake_train)
+    monkeypatch.setattr("wbc_ray.workflows.train.train", fake_train)
+    monkeypatch.setattr("wbc_ray.workflows.preflight.check_train", lambda cfg: None)
+    monkeypatch.setattr("wbc_ray.ray_session.init_ray", lambda *a, **k: None)
     return seen
 
 
@@ -69,6 +71,7 @@ def test_score_passes_options(monkeypatch):
     monkeypatch.setattr("wbc_ray.scoring.pipeline.score",
                         lambda cfg, **kw: seen.setdefault("cfg", cfg) and {"ok": True})
     monkeypatch.setattr("wbc_ray.ray_session.init_ray", lambda *a, **k: None)
+    monkeypatch.setattr("wbc_ray.workflows.preflight.check_score", lambda cfg: cfg)
     res = runner.invoke(app, ["score", "--checkpoint", "ck", "--input", "s3://a/in", "--output",
                               "s3://a/out", "--rescore", "--min-cells", "50", "--actors", "3",
                               "--batch-size", "64"])
@@ -86,7 +89,9 @@ def test_evaluate_passes_options(monkeypatch):
         seen["args"] = args
         return {"accuracy": 0.9, "macro": {"f1": 0.8}, "n": 10}
 
-    monkeypatch.setattr("wbc_ray.evaluation.run.evaluate_cli", fake)
+    monkeypatch.setattr("wbc_ray.workflows.evaluate.evaluate", fake)
+    monkeypatch.setattr("wbc_ray.workflows.preflight.check_evaluate", lambda ck, d, o: ck)
+    monkeypatch.setattr("wbc_ray.ray_session.init_ray", lambda *a, **k: None)
     res = runner.invoke(app, ["evaluate", "--checkpoint", "ck", "--data", "d", "--split",
                               "grouped", "--output", "o"])
     assert res.exit_code == 0, res.output
@@ -122,6 +127,8 @@ def test_tune_passes_options(monkeypatch):
     seen = {}
     monkeypatch.setattr("wbc_ray.tuning.sweep.run_sweep",
                         lambda cfg: seen.setdefault("cfg", cfg) and "sweep done")
+    monkeypatch.setattr("wbc_ray.storage.check_readable", lambda uri: None)
+    monkeypatch.setattr("wbc_ray.ray_session.init_ray", lambda *a, **k: None)
     res = runner.invoke(app, ["tune", "--data", "d", "--trials", "5", "--max-epochs", "7",
                               "--gpus-per-trial", "1", "--output", "s3://b/tune"])
     assert res.exit_code == 0, res.output

@@ -56,9 +56,9 @@ def test_evaluate_writes_metrics_markdown_and_png(ray_session, checkpoint, folde
 
 def test_evaluate_rebuilds_the_training_split_from_the_checkpoint(ray_session, checkpoint,
                                                                    folder, tmp_path):
-    from wbc_ray.evaluation.run import evaluate_cli
+    from wbc_ray.workflows.evaluate import evaluate
 
-    m = evaluate_cli(checkpoint, str(folder), split="paper", part="test",
+    m = evaluate(checkpoint, str(folder), split="paper", part="test",
                      output=str(tmp_path / "e"))
     from wbc_ray.data.sources import list_inputs
     from wbc_ray.data.splits import assign_splits

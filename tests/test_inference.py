@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from wbc_ray.classes import PAPER_CLASSES
-from wbc_ray.inference import Predictor
 from wbc_ray.models import build_model
 from wbc_ray.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from wbc_ray.models.paper_cnn import MaxPool2x2Stride1
+from wbc_ray.models.predictor import Predictor
 
 SHAPES = [(2, 32, 98, 98), (3, 64, 48, 48), (1, 5, 7, 3), (4, 1, 2, 2)]
 
@@ -171,7 +171,7 @@ def test_auto_precision_picks_bf16_only_where_the_cpu_runs_it(monkeypatch, capab
                                                               expected):
     import torch
 
-    from wbc_ray import inference
+    from wbc_ray.models import inputs as inference
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(inference, "cpu_flags", lambda: flags)

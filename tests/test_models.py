@@ -34,7 +34,8 @@ def test_paper_cnn_hidden_widths_are_configurable():
 @pytest.mark.parametrize("name", list_models())
 def test_forward_backward_every_model(name):
     spec = get_spec(name)
-    model = build_model(name, num_classes=4, pretrained=False)
+    kwargs = {"pretrained": False} if "pretrained" in spec.params else {}
+    model = build_model(name, num_classes=4, **kwargs)
     model.train()
     x = torch.randn(2, 3, spec.input_size, spec.input_size)
     logits = model(x)
@@ -119,3 +120,10 @@ def test_duplicate_registration_raises():
 def test_unknown_model_lists_choices():
     with pytest.raises(ValueError, match="paper_cnn"):
         build_model("alexnet", 4)
+
+
+def test_a_setting_the_model_does_not_take_fails_naming_it():
+    with pytest.raises(ValueError, match=r"'mobilenet_v2' does not take \['dropout'\]"):
+        build_model("mobilenet_v2", 4, pretrained=False, dropout=0.5)
+    with pytest.raises(ValueError, match="does not take"):
+        build_model("paper_cnn", 4, finetune=True)

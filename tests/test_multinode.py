@@ -40,7 +40,8 @@ def cluster():
 def test_two_worker_training_spreads_across_nodes_then_scores(cluster, tmp_path):
     import ray
 
-    from wbc_ray.training.run import train
+    from wbc_ray.training.ray_train import TrainHooks
+    from wbc_ray.workflows.train import train
 
     assert len([n for n in ray.nodes() if n["Alive"]]) == 3
     data = make_dataset(str(tmp_path / "data"), per_class=12)
@@ -50,7 +51,7 @@ def test_two_worker_training_spreads_across_nodes_then_scores(cluster, tmp_path)
                   "batch_size": 16,
                   "output": str(tmp_path / "runs"), "name": "multinode"},
     })
-    outcome = train(cfg, evaluate_test=False, extra={"record_nodes": True})
+    outcome = train(cfg, evaluate_test=False, hooks=TrainHooks(record_nodes=True))
     nodes = {h["node_id"] for h in outcome.result.history[-1]["worker_nodes"]}
     assert len(nodes) == 2  # the two ranks ran on different nodes
     assert [h["epoch"] for h in outcome.result.history] == [0, 1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 
 import numpy as np
@@ -9,7 +11,8 @@ import pytest
 
 from wbc_ray.config import load_run_config
 from wbc_ray.models.checkpoint import read_meta
-from wbc_ray.training.run import train
+from wbc_ray.training.ray_train import TrainHooks
+from wbc_ray.workflows.train import train
 
 
 def _cfg(kaggle, tmp_path, name, limit=200, **train):
@@ -25,7 +28,7 @@ def _cfg(kaggle, tmp_path, name, limit=200, **train):
 @pytest.fixture(scope="module")
 def trained(kaggle, s3_server, ray_session, tmp_path_factory):  # S3 env before Ray starts
     root = tmp_path_factory.mktemp("runs")
-    return train(_cfg(kaggle, root, "two-workers"), num_cpus=4), root
+    return train(_cfg(kaggle, root, "two-workers")), root
 
 
 def test_two_worker_run_beats_chance_on_validation(trained):
@@ -61,12 +64,19 @@ def test_run_directory_is_complete(trained):
     assert outcome.test_metrics["n"] == outcome.result.counts["test"]
 
 
+def _die_once(at_epoch: int, marker: str, epoch: int, rank: int) -> None:
+    """Kill this worker process once, after ``at_epoch``'s checkpoint was reported."""
+    if epoch == at_epoch and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+
+
 def test_killed_worker_resumes_without_losing_or_repeating_epochs(kaggle, ray_session,
                                                                    tmp_path):
     marker = tmp_path / "killed-once"
     cfg = _cfg(kaggle, tmp_path, "faulty", limit=30, epochs=3, max_failures=2)
     outcome = train(cfg, evaluate_test=False,
-                    extra={"fault_injection": {"epoch": 1, "marker": str(marker)}})
+                    hooks=TrainHooks(on_epoch_end=functools.partial(_die_once, 1, str(marker))))
     assert marker.exists()  # a worker process really died after epoch 1's checkpoint
     assert [h["epoch"] for h in outcome.result.history] == [0, 1, 2]
 

@@ -1,55 +1,107 @@
-"""The `wbc-ray` command line. Each command parses options and calls one library function."""
+"""The `wbc-ray` command line. Each command parses options and calls one library function.
+
+Every command follows one path: build the config (the config types validate values and
+ranges), run the I/O checks of ``workflows.preflight`` (seconds, no Ray), start Ray once,
+call the workflow. Expected failures end in one line ``error: ...`` and exit status 2;
+``--verbose`` (or ``WBC_RAY_VERBOSE=1``) adds the traceback and Ray's own log lines.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 
-from wbc_ray.config import load_run_config
+from wbc_ray.config import PRECISIONS, SPLITS, load_run_config
+from wbc_ray.models import list_models
 
 app = typer.Typer(help="Distributed white-blood-cell image classification on Ray "
                        "(Asghar et al., 2022).", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
+                  pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+TRAIN_SPLITS = tuple(s for s in SPLITS if s != "all")
+# Choices as Literal types, so `--help` lists them (the model list comes from the registry).
+ModelName = Literal[tuple(list_models())]
+TrainSplit = Literal[TRAIN_SPLITS]
+AnySplit = Literal[tuple(SPLITS)]
+PrecisionName = Literal[tuple(PRECISIONS)]
 
 Data = Annotated[str | None, typer.Option("--data", help="Image folder or manifest (CSV/Parquet): "
                                           "local path or s3://bucket/prefix.")]
 Config = Annotated[str | None, typer.Option("--config", help="YAML run config (path or URI); "
                                             "flags override it.")]
-Split = Annotated[str | None, typer.Option("--split", help="paper | official | grouped.")]
+Split = Annotated[TrainSplit | None, typer.Option("--split",
+                                           help="paper: stratified random 70/20/10 (leaky on "
+                                                "Kaggle); official: TRAIN/TEST folders; "
+                                                "grouped: by source original/patient.")]
 Classes = Annotated[str | None, typer.Option("--classes", help="paper (4 types), lisc (5, with "
                                              "BASOPHIL) or a comma list.")]
 Groups = Annotated[str | None, typer.Option("--groups", help="CSV mapping image path -> group "
                                             "(source original, patient) for --split grouped.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks and Ray's own log "
+                                       "lines (also WBC_RAY_VERBOSE=1).")]
+Checkpoint = Annotated[str, typer.Option(help="Run directory, checkpoint directory or its "
+                                         "model.safetensors (local or s3://).")]
 
 
-def _setup_logging(verbose: bool) -> None:
+def _verbose(flag: bool) -> bool:
+    return flag or os.environ.get("WBC_RAY_VERBOSE", "") not in ("", "0")
+
+
+def _run(verbose: bool, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` with the console set up; expected failures become one ``error:`` line."""
+    verbose = _verbose(verbose)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return fn()
+    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as e:
+        if verbose:
+            traceback.print_exc()
+        typer.secho(f"error: {_message(e)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+def _message(e: BaseException) -> str:
+    """The user's cause of ``e``: Ray wraps errors raised in workers and trainers."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None) or (e.__cause__ if type(e).__module__.startswith(
+            "ray") else None)
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _start_ray(num_cpus: int | None = None) -> None:
+    from wbc_ray.ray_session import init_ray
+
+    init_ray(num_cpus)
 
 
 @app.command()
 def train(
     *,
     data: Data = None,
-    model: Annotated[str | None, typer.Option(help="Model name (see `wbc-ray models`).")] = None,
+    model: Annotated[ModelName | None, typer.Option(help="Model (see `wbc-ray models`).")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPU workers (DDP over NCCL).")] = None,
     workers: Annotated[int | None, typer.Option(help="CPU workers (gloo) when --gpus is 0.")] = None,
     cpus_per_worker: Annotated[int | None, typer.Option(help="CPUs per worker.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (paper: 150).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size per worker.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (paper: 1e-4).")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16.")] = None,
+    precision: Annotated[PrecisionName | None, typer.Option(help="Autocast precision.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early stopping patience.")] = None,
     split: Split = None,
     classes: Classes = None,
@@ -60,10 +112,9 @@ def train(
     output: Annotated[str | None, typer.Option(help="Runs root: local path or s3://.")] = None,
     name: Annotated[str | None, typer.Option(help="Run name; rerun a name to resume it.")] = None,
     config: Config = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train a model with Ray Train; keeps the weights with the best validation loss."""
-    _setup_logging(verbose)
     overrides = {
         "data": {"data": data, "split": split, "classes": classes, "groups": groups,
                  "seed": seed, "limit_per_class": limit_per_class, "cache": cache},
@@ -72,13 +123,17 @@ def train(
                   "epochs": epochs, "batch_size": batch_size, "lr": lr, "precision": precision,
                   "patience": patience, "output": output, "name": name, "seed": seed},
     }
-    from wbc_ray.training.run import train as run_train
 
-    try:
+    def go():
+        from wbc_ray.workflows import preflight
+        from wbc_ray.workflows import train as workflow
+
         cfg = load_run_config(config, overrides)
-        outcome = run_train(cfg)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-        _fail(e)
+        preflight.check_train(cfg)
+        _start_ray()
+        return workflow.train(cfg)
+
+    outcome = _run(verbose, go)
     r = outcome.result
     typer.echo(f"run: {r.run_dir}\nbest checkpoint: {r.best_checkpoint}\n"
                f"epochs: {len(r.history)}  best val loss: {min(h['val_loss'] for h in r.history):.4f}")
@@ -90,24 +145,28 @@ def train(
 @app.command()
 def evaluate(
     *,
-    checkpoint: Annotated[str, typer.Option(help="Checkpoint directory (local or s3://).")],
+    checkpoint: Checkpoint,
     data: Annotated[str, typer.Option(help="Labelled image folder or manifest.")],
-    split: Annotated[str, typer.Option(help="all: every image; paper | official | grouped: "
+    split: Annotated[AnySplit, typer.Option(help="all: every image; paper | official | grouped: "
                                        "rebuild that split (seed from the checkpoint) and "
                                        "evaluate --part.")] = "all",
-    part: Annotated[str, typer.Option(help="test | val | train (with --split).")] = "test",
+    part: Annotated[Literal["test", "val", "train"], typer.Option(
+        help="The part of --split to evaluate.")] = "test",
     groups: Groups = None,
     output: Annotated[str, typer.Option(help="Where metrics.json, .md and .png go.")] = "runs/eval",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Evaluate a checkpoint: metrics.json, paper-style Markdown tables, confusion matrix PNG."""
-    _setup_logging(verbose)
-    from wbc_ray.evaluation.run import evaluate_cli
 
-    try:
-        m = evaluate_cli(checkpoint, data, split, part, groups, output)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-        _fail(e)
+    def go():
+        from wbc_ray.workflows import evaluate as workflow
+        from wbc_ray.workflows import preflight
+
+        resolved = preflight.check_evaluate(checkpoint, data, output)
+        _start_ray()
+        return workflow.evaluate(resolved, data, split, part, groups, output)
+
+    m = _run(verbose, go)
     typer.echo(f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro']['f1']:.4f}  "
                f"n={m['n']}  -> {output}/metrics.json")
 
@@ -120,36 +179,42 @@ def tune(
     max_epochs: Annotated[int | None, typer.Option(help="Epochs per trial at most (ASHA).")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial.")] = None,
     workers_per_trial: Annotated[int | None, typer.Option(help="CPU workers per trial.")] = None,
-    searcher: Annotated[str | None, typer.Option(help="random | grid | optuna.")] = None,
+    searcher: Annotated[Literal["random", "grid", "optuna"] | None, typer.Option(
+        help="Search algorithm.")] = None,
     split: Split = None,
     groups: Groups = None,
     limit_per_class: Annotated[int | None, typer.Option(help="Use at most N images per class.")] = None,
     output: Annotated[str | None, typer.Option(help="Sweep output: local path or s3://.")] = None,
     name: Annotated[str | None, typer.Option(help="Sweep name; rerun to resume.")] = None,
     config: Config = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Search hyperparameters around the paper's settings with Ray Tune (ASHA, resumable)."""
-    _setup_logging(verbose)
     overrides = {
         "data": {"data": data, "split": split, "groups": groups, "limit_per_class": limit_per_class},
         "tune": {"trials": trials, "max_epochs": max_epochs, "gpus_per_trial": gpus_per_trial,
                  "workers_per_trial": workers_per_trial, "searcher": searcher, "output": output,
                  "name": name},
     }
-    from wbc_ray.tuning.sweep import run_sweep
 
-    try:
-        result = run_sweep(load_run_config(config, overrides))
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError) as e:
-        _fail(e)
-    typer.echo(str(result))
+    def go():
+        from wbc_ray.tuning import sweep
+
+        cfg = load_run_config(config, overrides)
+        if cfg.data.data is not None:
+            from wbc_ray import storage
+
+            storage.check_readable(cfg.data.data)
+        _start_ray()
+        return sweep.run_sweep(cfg)
+
+    typer.echo(str(_run(verbose, go)))
 
 
 @app.command()
 def score(
     *,
-    checkpoint: Annotated[str, typer.Option(help="Checkpoint directory (local or s3://).")],
+    checkpoint: Checkpoint,
     input: Annotated[str, typer.Option("--input", help="Archive: <sample>/**/images, a manifest, "
                                        "or fields with Pascal-VOC boxes.")],
     output: Annotated[str, typer.Option(help="Output root for cells/, samples/, quarantine/.")],
@@ -161,24 +226,27 @@ def score(
     batch_size: Annotated[int | None, typer.Option(help="Model batch size.")] = None,
     actors: Annotated[int | None, typer.Option(help="Model actors (default: one per GPU, "
                                                "else one per CPU).")] = None,
+    runtime: Annotated[Literal["torch", "onnx"] | None, typer.Option(
+        help="Model runtime in the actors.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     config: Config = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Score an archive: per-cell labels and per-sample differential counts to Parquet."""
-    _setup_logging(verbose)
     overrides = {"score": {"checkpoint": checkpoint, "input": input, "output": output,
                            "rescore": rescore or None, "review_threshold": review_threshold,
                            "min_cells": min_cells, "run_date": run_date,
-                           "batch_size": batch_size, "actors": actors}}
-    from wbc_ray.ray_session import init_ray
-    from wbc_ray.scoring.pipeline import score as run_score
+                           "batch_size": batch_size, "actors": actors, "runtime": runtime}}
 
-    try:
-        cfg = load_run_config(config, overrides).score
-        init_ray()
-        summary = run_score(cfg)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-        _fail(e)
+    def go():
+        from wbc_ray.scoring import pipeline
+        from wbc_ray.workflows import preflight
+
+        cfg = preflight.check_score(load_run_config(config, overrides).score)
+        _start_ray()
+        return pipeline.score(cfg, progress=progress)
+
+    summary = _run(verbose, go)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -186,46 +254,54 @@ def score(
 def demo(
     *,
     output: Annotated[Path, typer.Option(help="Where data, runs and scores go.")] = Path("runs/demo"),
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
-    per_class: Annotated[int, typer.Option(help="Synthetic images per class.")] = 120,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 6,
+    per_class: Annotated[int, typer.Option(min=10, help="Synthetic images per class.")] = 120,
+    verbose: Verbose = False,
 ) -> None:
     """Run everything on a synthetic set: generate, train, evaluate, score, summarise."""
-    _setup_logging(False)
-    from wbc_ray.demo import run_demo
 
-    run_demo(str(output), epochs=epochs, per_class=per_class, echo=typer.echo)
+    def go():
+        from wbc_ray.workflows import demo as workflow
+
+        _start_ray(num_cpus=4)  # logical CPUs: 2 train workers + Ray Data on 2 cores
+        return workflow.run_demo(str(output), epochs=epochs, per_class=per_class,
+                                 echo=typer.echo)
+
+    _run(verbose, go)
 
 
 @app.command()
 def models() -> None:
     """List the registered models with their input size."""
-    from wbc_ray.models import get_spec, list_models
+    from wbc_ray.models import get_spec
 
     for n in list_models():
         s = get_spec(n)
-        typer.echo(f"{n:14s} {s.input_size}x{s.input_size}  "
-                   f"{'ImageNet-pretrained' if s.pretrained else 'from scratch'}")
+        typer.echo(f"{n:18s} {s.input_size}x{s.input_size}  "
+                   f"{'ImageNet-pretrained' if s.pretrained else 'from scratch'}  "
+                   f"params: {', '.join(s.params)}")
 
 
 @data_app.command("audit")
 def data_audit(
     *,
     data: Annotated[str, typer.Option(help="Labelled image folder or manifest.")],
-    split: Annotated[str, typer.Option(help="Split to audit: paper | official | grouped.")] = "paper",
+    split: Annotated[TrainSplit, typer.Option(help="Split to audit.")] = "paper",
     groups: Groups = None,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     output: Annotated[str | None, typer.Option(help="Write audit.json and audit.md here.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Near-duplicate / leakage report between splits (perceptual hashes, flip/rotation-proof)."""
-    _setup_logging(verbose)
-    from wbc_ray.data.audit import audit_cli
 
-    try:
-        report = audit_cli(data, split, groups, seed, output)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        _fail(e)
-    typer.echo(report.to_markdown())
+    def go():
+        from wbc_ray import storage
+        from wbc_ray.workflows import audit
+
+        storage.check_readable(data)
+        return audit.audit_split(data, split, groups, seed, output)
+
+    typer.echo(_run(verbose, go).to_markdown())
 
 
 if __name__ == "__main__":

@@ -93,21 +93,60 @@ def read_text(uri: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write atomically where the filesystem allows (local: temp file + rename)."""
+    """Publish ``data`` at ``uri`` whole or not at all.
+
+    Locally a hidden temp file in the same folder (readers such as pyarrow datasets skip
+    names starting with ``.``), fsynced and renamed over the final name; on object stores
+    one PUT of the final key, which readers see whole or not at all.
+    """
     fs, path = filesystem(uri)
-    if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, data)
+        return
+    folder, name = os.path.split(path)
+    os.makedirs(folder or ".", exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
+    try:
         with open(tmp, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    else:  # object stores publish a PUT atomically
-        with fs.open(path, "wb") as f:
-            f.write(data)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
+
+
+def parquet_bytes(df, schema=None) -> bytes:
+    """A DataFrame as Parquet bytes (microsecond timestamps: Spark cannot read Parquet's
+    nanosecond ones by default)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df.reset_index(drop=True), schema=schema, preserve_index=False)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, coerce_timestamps="us", allow_truncated_timestamps=True)
+    return buf.getvalue()
+
+
+def write_parquet(uri: str, df, schema=None) -> None:
+    """Write ``df`` as one Parquet file at ``uri``, atomically (:func:`write_bytes`)."""
+    write_bytes(uri, parquet_bytes(df, schema))
+
+
+def read_parquet(uri: str):
+    """One Parquet file at ``uri`` as a DataFrame."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f).to_pandas()
 
 
 @contextmanager
@@ -125,15 +164,42 @@ def local_copy(uri: str):
         yield dest
 
 
-def check_readable(uri: str) -> None:
-    """Fail fast, naming the URI, when it does not exist or cannot be reached."""
+def _probe(uri: str, check):
+    """``check(fs, path)``, with endpoint/credential/DNS failures reported as one line."""
     try:
         fs, path = filesystem(uri)
-        ok = fs.exists(path)
+        return check(fs, path)
+    except (FileNotFoundError, PermissionError):
+        raise
     except Exception as e:  # credentials, endpoint, DNS: all end up here
-        raise ValueError(f"cannot reach {uri}: {type(e).__name__}: {e}") from e
-    if not ok:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConnectionError(f"cannot reach {uri}: {reason} "
+                              "(check AWS_ENDPOINT_URL and the credentials)") from e
+
+
+def check_readable(uri: str) -> None:
+    """Fail fast, naming the URI, when it does not exist or cannot be reached."""
+    if not _probe(uri, lambda fs, path: fs.exists(path)):
         raise FileNotFoundError(f"{uri} does not exist (or is not visible with these credentials)")
+
+
+def check_writable(uri: str) -> None:
+    """Fail fast, naming the URI, when outputs cannot go there (no bucket, read-only folder)."""
+    if is_remote(uri):
+        def bucket_exists(fs, path):
+            bucket = path.split("/", 1)[0]
+            if not fs.exists(bucket):
+                raise FileNotFoundError(f"bucket {bucket!r} of {uri} does not exist")
+        _probe(uri, bucket_exists)
+        return
+    path = filesystem(uri)[1]
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(f"{uri}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"{uri}: cannot write under {parent}")
 
 
 @contextmanager

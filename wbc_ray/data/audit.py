@@ -384,30 +384,3 @@ def audit(records: pd.DataFrame, *, threshold: float = NEAR_COPY_THRESHOLD,
     return AuditReport(threshold, leaky_fraction, pairs, images[ok].reset_index(drop=True),
                        unreadable, agreement,
                        {"fingerprint": round(t1 - t0, 2), "search": round(t2 - t1, 2)})
-
-
-def audit_cli(data: str, split: str = "paper", groups: str | None = None, seed: int = 0,
-              output: str | None = None, *, classes: str = "paper",
-              threshold: float = NEAR_COPY_THRESHOLD,
-              leaky_fraction: float = LEAKY_FRACTION) -> AuditReport:
-    """List ``data``, split it as training would, audit it; write audit.json/.md to ``output``.
-
-    Groups come from ``groups`` or a ``source_originals.csv``/``groups.csv`` beside the data,
-    exactly as in training, so the audit sees the split a run would use.
-    """
-    import json
-
-    from wbc_ray.config import DataConfig
-    from wbc_ray.data.prepare import list_labelled
-    from wbc_ray.data.splits import assign_splits
-
-    cfg = DataConfig(data=data, classes=classes, split=split, groups=groups, seed=seed)
-    _, listing = list_labelled(cfg)
-    records = assign_splits(listing.records, split, tuple(cfg.fractions), seed)
-    report = audit(records, threshold=threshold, leaky_fraction=leaky_fraction)
-    if output:
-        storage.write_text(storage.join(output, "audit.json"),
-                           json.dumps(report.to_dict(), indent=1))
-        storage.write_text(storage.join(output, "audit.md"), report.to_markdown())
-    return report
-

@@ -16,7 +16,7 @@ import ray
 
 from wbc_ray import storage
 from wbc_ray.data.decode import BadImage, decode_resize
-from wbc_ray.data.sources import BOX_COLUMNS
+from wbc_ray.schema import BOX_COLUMNS, MAX_PIXELS
 
 log = logging.getLogger(__name__)
 ROWS_PER_BLOCK = 256  # ~7.5 MB of 100x100 RGB per block: small enough to stream
@@ -35,7 +35,7 @@ class DecodeBatch:
     every input is accounted for downstream.
     """
 
-    def __init__(self, size: int, max_pixels: int = 40_000_000, io_threads: int = 8):
+    def __init__(self, size: int, max_pixels: int = MAX_PIXELS, io_threads: int = 8):
         self.size, self.max_pixels, self.io_threads = size, max_pixels, io_threads
 
     def _one(self, uri: str, box) -> tuple[np.ndarray | None, str]:
@@ -73,7 +73,7 @@ class DecodeBatch:
         return out
 
 
-def decode_dataset(records: pd.DataFrame, size: int, max_pixels: int = 40_000_000,
+def decode_dataset(records: pd.DataFrame, size: int, max_pixels: int = MAX_PIXELS,
                    num_cpus: float = 1) -> ray.data.Dataset:
     """Lazy dataset of ``records`` plus ``image`` and ``error`` columns.
 
@@ -97,7 +97,7 @@ def decode_batch(batch: pd.DataFrame, size: int, max_pixels: int) -> pd.DataFram
     return DecodeBatch(size, max_pixels)(batch)
 
 
-def decode_materialized(records: pd.DataFrame, size: int, max_pixels: int = 40_000_000
+def decode_materialized(records: pd.DataFrame, size: int, max_pixels: int = MAX_PIXELS
                         ) -> ray.data.Dataset:
     """``decode_dataset`` run to completion, its blocks held in the object store.
 
@@ -134,13 +134,7 @@ class Quarantine:
     rows: pd.DataFrame  # uri, reason
 
     def write(self, uri: str) -> None:
-        fs, path = storage.pyarrow_filesystem(storage.join(uri, "quarantine.parquet"))
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(pa.Table.from_pandas(self.rows.reset_index(drop=True)), path,
-                       filesystem=fs)
+        storage.write_parquet(storage.join(uri, "quarantine.parquet"), self.rows)
 
 
 def split_errors(ds: ray.data.Dataset) -> tuple[ray.data.Dataset, pd.DataFrame]:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageFile
 
+from wbc_ray.schema import MAX_PIXELS
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 Box = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax in source pixels
 
@@ -41,7 +43,7 @@ def decode_resize(
     data: bytes,
     size: int | Sequence[int] = 100,
     box: Box | None = None,
-    max_pixels: int = 40_000_000,
+    max_pixels: int = MAX_PIXELS,
     fast: bool = True,
 ) -> np.ndarray:
     """Decode image bytes, optionally crop ``box``, and resize to ``size`` (square or (w, h)).

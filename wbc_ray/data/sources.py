@@ -20,8 +20,8 @@ import pandas as pd
 
 from wbc_ray import storage
 from wbc_ray.classes import normalise_class
+from wbc_ray.schema import BOX_COLUMNS
 
-BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 RECORD_COLUMNS = ("uri", "path", "label", "folder_split", "group", "sample_id", "cell_id",
                   *BOX_COLUMNS)
 SPLIT_NAMES = {"TRAIN": "train", "TRAINING": "train", "VAL": "val", "VALID": "val",

@@ -13,8 +13,8 @@ from wbc_ray import storage
 from wbc_ray.config import DataConfig
 from wbc_ray.data.prepare import prepare
 from wbc_ray.evaluation.metrics import compute_metrics, metrics_markdown, plot_confusion
-from wbc_ray.inference import Predictor
 from wbc_ray.models.checkpoint import read_meta
+from wbc_ray.models.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +64,3 @@ def evaluate_checkpoint(checkpoint: str, data: DataConfig, output: str, part: st
     title = f"{meta.model} on {data.data} ({data.split} split, {part})"
     write_report(metrics, output, title)
     return metrics
-
-
-def evaluate_cli(checkpoint: str, data: str, split: str = "all", part: str = "test",
-                 groups: str | None = None, output: str = "runs/eval") -> dict:
-    """``wbc-ray evaluate``: with a split protocol, its seed and fractions come from the
-    checkpoint's own config, so the test part is the one held out during training."""
-    if split not in ("all", "paper", "official", "grouped"):
-        raise ValueError(f"unknown split {split!r}")
-    trained = read_meta(checkpoint).config.get("data", {})
-    base = DataConfig(data=data, split=split, groups=groups)
-    if split != "all":
-        base = replace(base, seed=trained.get("seed", 0),
-                       fractions=tuple(trained.get("fractions", base.fractions)),
-                       groups=groups or trained.get("groups"),
-                       limit_per_class=trained.get("limit_per_class"))
-    return evaluate_checkpoint(checkpoint, base, output, part=part if split != "all" else "test")

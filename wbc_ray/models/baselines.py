@@ -93,7 +93,7 @@ def _trunk(name: str) -> tuple[Callable[..., nn.Module], object, Callable[[nn.Mo
 
 
 def build_transfer(name: str, num_classes: int, pretrained: bool = True,
-                   weights: str | None = None, finetune: bool = False, **_: object) -> nn.Module:
+                   weights: str | None = None, finetune: bool = False) -> nn.Module:
     ctor, weights_enum, strip = _trunk(name)
     m = ctor(weights=None)
     if pretrained:
@@ -106,5 +106,6 @@ def build_transfer(name: str, num_classes: int, pretrained: bool = True,
 
 for _name, _size in (("resnet50", 224), ("inception_v3", 299), ("vgg16", 224),
                      ("mobilenet_v2", 224)):
-    register(_name, input_size=_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, pretrained=True)(
+    register(_name, input_size=_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, pretrained=True,
+             params=("pretrained", "weights", "finetune"))(
         lambda num_classes, _n=_name, **kw: build_transfer(_n, num_classes, **kw))

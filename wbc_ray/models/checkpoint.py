@@ -89,7 +89,11 @@ def load_checkpoint(directory: str, device: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model from the checkpoint alone (no ImageNet download needed)."""
     meta = read_meta(directory)
-    kwargs = {**meta.model_kwargs, "pretrained": False}
+    kwargs = dict(meta.model_kwargs)
+    if "in_size" in kwargs:  # checkpoints written before the registry declared params
+        kwargs["input_size"] = kwargs.pop("in_size")
+    if "pretrained" in get_spec(meta.model).params:
+        kwargs["pretrained"] = False  # the checkpoint's own weights replace ImageNet's
     model = build_model(meta.model, num_classes=len(meta.classes), **kwargs)
     # Restore the frozen/fine-tune recipe flag without re-downloading ImageNet weights.
     if hasattr(model, "frozen"):
@@ -134,10 +138,27 @@ def is_checkpoint(directory: str) -> bool:
     return storage.exists(storage.join(directory, META))
 
 
+def resolve_checkpoint(uri: str) -> str:
+    """The checkpoint directory meant by ``uri``: a run directory (its ``best/``), a checkpoint
+    directory, or a file inside one (``model.safetensors``, ``meta.json``); local or remote."""
+    storage.check_readable(uri)
+    base = uri.rstrip("/")
+    parent = base.rsplit("/", 1)[0] if "/" in base else "."
+    for candidate in (base, storage.join(base, "best"), parent):
+        if storage.exists(storage.join(candidate, META)):
+            if candidate == parent and base.rsplit("/", 1)[-1] not in (WEIGHTS, META, STATE):
+                break
+            return candidate
+    raise FileNotFoundError(f"{uri} is not a wbc-ray checkpoint: expected a run directory "
+                            f"(with best/{META}), a checkpoint directory (with {META}) or its "
+                            f"{WEIGHTS}")
+
+
 def best_checkpoint_path(run_dir: str) -> str:
     """``<run>/best`` holds the weights with the lowest validation loss."""
     return storage.join(run_dir, "best")
 
 
 __all__ = ["CheckpointMeta", "save_checkpoint", "load_checkpoint", "read_meta", "fingerprint",
-           "load_state_dict", "load_train_state", "is_checkpoint", "best_checkpoint_path"]
+           "load_state_dict", "load_train_state", "is_checkpoint", "best_checkpoint_path",
+           "resolve_checkpoint"]

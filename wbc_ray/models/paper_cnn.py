@@ -66,7 +66,8 @@ class PaperCNN(nn.Module):
         return self.head(self.features(x))
 
 
-@register("paper_cnn", input_size=100, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+@register("paper_cnn", input_size=100, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+          params=("hidden", "dropout", "input_size"))
 def paper_cnn(num_classes: int, hidden: Sequence[int] = (64,), dropout: float = 0.2,
-              in_size: int = 100, **_: object) -> nn.Module:
-    return PaperCNN(num_classes, hidden=hidden, dropout=dropout, in_size=in_size)
+              input_size: int | None = None) -> nn.Module:
+    return PaperCNN(num_classes, hidden=hidden, dropout=dropout, in_size=input_size or 100)

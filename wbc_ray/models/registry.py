@@ -19,19 +19,25 @@ class ModelSpec:
     std: tuple[float, float, float]
     builder: Callable[..., nn.Module]
     pretrained: bool  # whether it starts from ImageNet weights by default
+    params: tuple[str, ...] = ()  # the ModelConfig fields the builder accepts as keywords
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(name: str, input_size: int, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-             pretrained: bool = False):
-    """Decorator adding a builder ``fn(num_classes, **kwargs) -> nn.Module`` to the registry."""
+             pretrained: bool = False, params: tuple[str, ...] = ()):
+    """Decorator adding a builder ``fn(num_classes, **kwargs) -> nn.Module`` to the registry.
+
+    ``params`` names the keyword arguments the builder accepts (ModelConfig field names);
+    :func:`build_model` refuses any other, so a setting is never silently ignored.
+    """
 
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(name, input_size, tuple(mean), tuple(std), fn, pretrained)
+        _REGISTRY[name] = ModelSpec(name, input_size, tuple(mean), tuple(std), fn, pretrained,
+                                    tuple(params))
         return fn
 
     return deco
@@ -51,7 +57,13 @@ def get_spec(name: str) -> ModelSpec:
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Build a registered model with ``num_classes`` output logits.
 
-    ``kwargs`` go to the builder: ``hidden``/``dropout`` for ``paper_cnn``;
-    ``pretrained``/``weights``/``finetune`` for the torchvision baselines.
+    ``kwargs`` go to the builder and must be among the model's declared ``params``
+    (``hidden``/``dropout``/``input_size`` for ``paper_cnn``; ``pretrained``/``weights``/
+    ``finetune`` for the torchvision baselines).
     """
-    return get_spec(name).builder(num_classes=num_classes, **kwargs)
+    spec = get_spec(name)
+    unknown = sorted(set(kwargs) - set(spec.params))
+    if unknown:
+        raise ValueError(f"model {name!r} does not take {unknown}; "
+                         f"its parameters are {list(spec.params)}")
+    return spec.builder(num_classes=num_classes, **kwargs)

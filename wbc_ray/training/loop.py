@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from wbc_ray.data.augment import augment_batch
+from wbc_ray.models.inputs import Normalise, autocast
 
 Batch = dict[str, torch.Tensor]  # {"image": uint8 (N, H, W, 3), "label_idx": int64 (N,)}
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
@@ -24,29 +23,6 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
         raise ValueError(f"unknown optimizer {name!r}; "
                          f"choose one of {sorted(OPTIMIZERS)}") from None
     return cls([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16/fp16 autocast context, or a no-op for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 needs a GPU; use bf16 on CPU")
-    return torch.autocast(device.type, dtype=_DTYPES[precision])
-
-
-class Normalise(nn.Module):
-    """uint8 NHWC -> float NCHW in the model's normalisation (and memory format)."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], channels_last: bool = True):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0))
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float()
-        return ((x - self.mean) * self.inv_std).contiguous(memory_format=self.memory_format)
 
 
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer, norm: Normalise,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,16 +20,16 @@ from ray.train.torch import TorchTrainer
 from wbc_ray import storage
 from wbc_ray.config import RunConfig, from_dict, to_dict
 from wbc_ray.data.prepare import PreparedData
-from wbc_ray.models import build_model
+from wbc_ray.models import build_model, get_spec
 from wbc_ray.models.checkpoint import (
     CheckpointMeta,
     load_checkpoint,
     load_train_state,
     save_checkpoint,
 )
+from wbc_ray.models.inputs import Normalise
 from wbc_ray.training.loop import (
     EarlyStopping,
-    Normalise,
     evaluate,
     make_optimizer,
     train_one_epoch,
@@ -40,11 +40,10 @@ SHUFFLE_BUFFER = 1024  # rows (~30 MB of 100x100 images) mixed locally on top of
 
 
 def model_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """The model's declared keyword arguments, taken from ``cfg.model`` (the registry decides)."""
     m = cfg.model
-    if m.name == "paper_cnn":
-        return {"hidden": list(m.hidden), "dropout": m.dropout,
-                "in_size": m.input_size or 100}
-    return {"pretrained": m.pretrained, "weights": m.weights, "finetune": m.finetune}
+    values = {k: getattr(m, k) for k in get_spec(m.name).params}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def _all_reduce(values: list[float]) -> list[float]:
@@ -83,7 +82,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler() if t.precision == "fp16" else None
     norm = Normalise(meta.mean, meta.std, t.channels_last).to(device)
     train_shard, val_shard = (ray.train.get_dataset_shard(s) for s in ("train", "val"))
-    fault = config.get("fault_injection") or {}
+    hooks: TrainHooks = config.get("hooks") or TrainHooks()
     for epoch in range(len(history), t.epochs):
         batches = train_shard.iter_torch_batches(batch_size=t.batch_size, drop_last=False,
                                                  local_shuffle_buffer_size=SHUFFLE_BUFFER,
@@ -99,15 +98,14 @@ def worker_loop(config: dict[str, Any]) -> None:
                "val_loss": va["loss"], "val_acc": va["acc"], "images": int(n),
                "images_per_s": n / (secs / ctx.get_world_size()) if secs else 0.0,
                "best_val_loss": early.best, "improved": improved}
-        if config.get("record_nodes"):  # which node each rank ran on (multi-node tests)
+        if hooks.record_nodes:  # which node each rank ran on (multi-node checks)
             row["worker_nodes"] = _gather_nodes(ctx)
         history.append(row)
         if rank == 0:
             _progress(row, t.epochs, secs / ctx.get_world_size())
         _report(model, optimizer, meta, row, history, early, config["run_dir"], rank, improved)
-        if fault.get("epoch") == epoch and not os.path.exists(fault["marker"]):
-            open(fault["marker"], "w").close()
-            os._exit(1)  # simulate a worker dying mid-run (tests only)
+        if hooks.on_epoch_end is not None:
+            hooks.on_epoch_end(epoch, rank)
         if stop:
             break
 
@@ -150,6 +148,14 @@ def _report(model, optimizer, meta, row, history, early, run_dir, rank, improved
 
 
 @dataclass(frozen=True)
+class TrainHooks:
+    """Callbacks into the worker loop (tests inject faults here; Ray pickles them)."""
+
+    on_epoch_end: Callable[[int, int], None] | None = None  # (epoch, rank), after the report
+    record_nodes: bool = False  # add each rank's node to the history rows
+
+
+@dataclass(frozen=True)
 class TrainResult:
     run_dir: str
     best_checkpoint: str
@@ -159,7 +165,8 @@ class TrainResult:
 
 
 def build_trainer(cfg: RunConfig, data: PreparedData, run_dir: str, name: str,
-                  storage_path: str, callbacks=None, extra: dict | None = None) -> TorchTrainer:
+                  storage_path: str, callbacks=None, hooks: TrainHooks | None = None
+                  ) -> TorchTrainer:
     """The TorchTrainer for ``cfg`` (shared by ``train`` and Tune trials)."""
     t = cfg.train
     use_gpu = t.gpus > 0
@@ -173,7 +180,7 @@ def build_trainer(cfg: RunConfig, data: PreparedData, run_dir: str, name: str,
         checkpoint_config=CheckpointConfig(num_to_keep=1),
         failure_config=FailureConfig(max_failures=t.max_failures), callbacks=callbacks)
     loop_config = {"run": to_dict(cfg), "classes": list(data.classes),
-                   "fingerprint": data.fingerprint, "run_dir": run_dir, **(extra or {})}
+                   "fingerprint": data.fingerprint, "run_dir": run_dir, "hooks": hooks}
     return TorchTrainer(worker_loop, train_loop_config=loop_config, scaling_config=scaling,
                         run_config=run_config,
                         # a new block order every epoch; rows were shuffled once before decoding
@@ -182,14 +189,14 @@ def build_trainer(cfg: RunConfig, data: PreparedData, run_dir: str, name: str,
                         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
 
 
-def fit(cfg: RunConfig, data: PreparedData, run_dir: str, extra: dict | None = None
+def fit(cfg: RunConfig, data: PreparedData, run_dir: str, hooks: TrainHooks | None = None
         ) -> TrainResult:
     """Train under Ray Train; rerunning the same run directory resumes it."""
     t0 = time.perf_counter()
     if data.counts["train"] == 0 or data.counts["val"] == 0:
         raise ValueError(f"empty train or validation split: {data.counts}")
     storage_path, name = run_dir.rstrip("/").rsplit("/", 1)
-    trainer = build_trainer(cfg, data, run_dir, name, storage_path, extra=extra)
+    trainer = build_trainer(cfg, data, run_dir, name, storage_path, hooks=hooks)
     result = trainer.fit()
     if result.error:
         raise result.error

@@ -6,34 +6,12 @@ import numpy as np
 import torch
 
 from wbc_ray.models.checkpoint import load_checkpoint
-from wbc_ray.training.loop import Normalise, autocast
+from wbc_ray.models.inputs import Normalise, autocast, best_precision
 
 # Images per forward pass on CPU. Small chunks keep a chunk's activations in the caches
 # (the paper CNN's first conv writes ~0.6 MB per image in bf16): on 2 cores, chunks of 32
 # ran the paper CNN 2.1x faster than whole batches of 256 (docs/PERFORMANCE.md).
 CPU_CHUNK = 32
-
-
-def best_precision(device: torch.device) -> str:
-    """bf16 where the hardware runs it natively (CUDA, CPUs with AMX/AVX512-BF16), else fp32."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    caps = torch.backends.cpu.get_cpu_capability().upper()
-    if "AMX" in caps or ("AVX512" in caps and "avx512_bf16" in cpu_flags()):
-        return "bf16"
-    return "fp32"  # plain AVX-512 or AVX2 would emulate bf16, slower than fp32
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags the Linux kernel reports (empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 class Predictor:

@@ -1,4 +1,4 @@
-"""`wbc-ray train`: prepare data, fit under Ray Train, write the run's artefacts."""
+"""`wbc-ray train`: prepare data, fit under Ray Train, write the run's artefacts, evaluate."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from wbc_ray import storage
 from wbc_ray.config import RunConfig, dump_yaml
 from wbc_ray.data.dataset import Quarantine
 from wbc_ray.data.prepare import prepare
+from wbc_ray.evaluation.metrics import compute_metrics, plot_curves
+from wbc_ray.evaluation.run import predict, write_report
 from wbc_ray.models import get_spec
-from wbc_ray.ray_session import init_ray, wait_for_gpus
-from wbc_ray.training.ray_train import TrainResult, fit
+from wbc_ray.ray_session import wait_for_gpus
+from wbc_ray.training.ray_train import TrainHooks, TrainResult, fit
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,9 @@ class TrainOutcome:
     files: dict[str, str]
 
 
-def train(cfg: RunConfig, evaluate_test: bool = True, num_cpus: int | None = None,
-          extra: dict | None = None) -> TrainOutcome:
+def train(cfg: RunConfig, evaluate_test: bool = True, hooks: TrainHooks | None = None
+          ) -> TrainOutcome:
     """Train ``cfg`` end to end. Rerunning with the same ``train.name`` resumes the run."""
-    init_ray(num_cpus)
     if cfg.train.gpus > 0:
         wait_for_gpus(cfg.train.gpus, cfg.train.gpu_wait_s)
     cfg = replace(cfg, train=replace(cfg.train, name=run_name(cfg)))
@@ -53,13 +54,10 @@ def train(cfg: RunConfig, evaluate_test: bool = True, num_cpus: int | None = Non
                        json.dumps({"counts": data.counts, "fingerprint": data.fingerprint,
                                    "classes": list(data.classes)}, indent=2))
     Quarantine(data.quarantine).write(run_dir)
-    result = fit(cfg, data, run_dir, extra=extra)
+    result = fit(cfg, data, run_dir, hooks=hooks)
     files = write_history(result.history, run_dir, f"{cfg.model.name} ({cfg.data.split} split)")
     test_metrics = None
     if evaluate_test and data.counts["test"] > 0:
-        from wbc_ray.evaluation.metrics import compute_metrics
-        from wbc_ray.evaluation.run import predict, write_report
-
         labels, probs = predict(data.datasets["test"], result.best_checkpoint)
         test_metrics = compute_metrics(labels, probs, data.classes)
         test_metrics.update({"split": cfg.data.split, "part": "test", "counts": data.counts,
@@ -72,8 +70,6 @@ def train(cfg: RunConfig, evaluate_test: bool = True, num_cpus: int | None = Non
 
 def write_history(history: list[dict], run_dir: str, title: str) -> dict[str, str]:
     """history.csv + curves.png (loss and accuracy per epoch, like the paper's Figs. 4-5)."""
-    from wbc_ray.evaluation.metrics import plot_curves
-
     csv = storage.join(run_dir, "history.csv")
     storage.write_text(csv, pd.DataFrame(history).to_csv(index=False))
     png = storage.join(run_dir, "curves.png")

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from wbc_ray.config import RunConfig, ScoreConfig, load_run_config
 from wbc_ray.data.synthetic import make_archive, make_dataset
+from wbc_ray.scoring.pipeline import score
+from wbc_ray.workflows.train import train
 
 # Three slides with known mixes: a normal differential, neutrophilia, eosinophilia.
 DEMO_SAMPLES = {
@@ -30,20 +32,17 @@ def demo_config(root: str, epochs: int, per_class: int) -> RunConfig:
 
 def run_demo(root: str, epochs: int = 6, per_class: int = 120,
              echo: Callable[[str], None] = print) -> dict:
-    """Generate data -> train (Ray Train, 2 CPU workers) -> evaluate -> score -> summary."""
-    from wbc_ray.ray_session import init_ray
-    from wbc_ray.scoring.pipeline import score
-    from wbc_ray.training.run import train
+    """Generate data -> train (Ray Train, 2 CPU workers) -> evaluate -> score -> summary.
 
+    Ray must be running (the CLI starts it with 4 logical CPUs)."""
     t0 = time.perf_counter()
     root = os.path.abspath(root)
     echo(f"[1/4] drawing {per_class} synthetic cells per class -> {root}/data")
     make_dataset(os.path.join(root, "data"), per_class=per_class)
     make_archive(os.path.join(root, "archive"), DEMO_SAMPLES)
-    init_ray(num_cpus=4, quiet=True)
     cfg = demo_config(root, epochs, per_class)
     echo(f"[2/4] training paper_cnn with Ray Train on 2 CPU workers for {epochs} epochs")
-    outcome = train(cfg, num_cpus=4)
+    outcome = train(cfg)
     for h in outcome.result.history:
         echo(f"      epoch {h['epoch'] + 1}: train loss {h['train_loss']:.3f} acc "
              f"{h['train_acc']:.3f} | val loss {h['val_loss']:.3f} acc {h['val_acc']:.3f} | "
