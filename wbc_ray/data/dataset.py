@@ -15,7 +15,7 @@ import pandas as pd
 import ray
 
 from wbc_ray import storage
-from wbc_ray.data.decode import BadImage, decode_resize
+from wbc_ray.data.decode import BadImage, decode_preprocessed
 from wbc_ray.schema import BOX_COLUMNS, MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -35,20 +35,24 @@ class DecodeBatch:
     every input is accounted for downstream.
     """
 
-    def __init__(self, size: int, max_pixels: int = MAX_PIXELS, io_threads: int = 8):
+    def __init__(self, size: int, max_pixels: int = MAX_PIXELS, io_threads: int = 8,
+                 preprocess: dict | None = None):
         self.size, self.max_pixels, self.io_threads = size, max_pixels, io_threads
+        self.preprocess = preprocess or {}
 
-    def _one(self, uri: str, box) -> tuple[np.ndarray | None, str]:
+    def _one(self, uri: str, box) -> tuple[np.ndarray | None, str, bool]:
         try:
             data = _read(uri)
         except FileNotFoundError:
-            return None, "file not found"
+            return None, "file not found", False
         except Exception as e:  # permissions, network: reported, not fatal
-            return None, f"unreadable file: {type(e).__name__}: {e}"
+            return None, f"unreadable file: {type(e).__name__}: {e}", False
         try:
-            return decode_resize(data, self.size, box=box, max_pixels=self.max_pixels), ""
+            image, located = decode_preprocessed(data, self.size, box, self.max_pixels,
+                                                 self.preprocess)
+            return image, "", located
         except BadImage as e:
-            return None, str(e)
+            return None, str(e), False
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         n = len(batch)
@@ -62,19 +66,22 @@ class DecodeBatch:
         else:
             results = [self._one(u, b) for u, b in zip(uris, boxes, strict=True)]
         images = np.zeros((n, self.size, self.size, 3), dtype=np.uint8)
-        errors = []
-        for i, (img, err) in enumerate(results):
+        errors, located = [], []
+        for i, (img, err, found) in enumerate(results):
             if img is not None:
                 images[i] = img
             errors.append(err)
+            located.append(found)
         out = batch.copy()
         out["error"] = errors
         out["image"] = list(images)
+        if self.preprocess.get("locate"):
+            out["located"] = located  # False: no nucleus found, classified from the whole image
         return out
 
 
 def decode_dataset(records: pd.DataFrame, size: int, max_pixels: int = MAX_PIXELS,
-                   num_cpus: float = 1) -> ray.data.Dataset:
+                   num_cpus: float = 1, preprocess: dict | None = None) -> ray.data.Dataset:
     """Lazy dataset of ``records`` plus ``image`` and ``error`` columns.
 
     Records enter as ready-made blocks of ``ROWS_PER_BLOCK`` rows, so decoding starts at
@@ -88,17 +95,19 @@ def decode_dataset(records: pd.DataFrame, size: int, max_pixels: int = MAX_PIXEL
     rows = records.reset_index(drop=True)
     blocks = [rows.iloc[i:i + ROWS_PER_BLOCK] for i in range(0, len(rows), ROWS_PER_BLOCK)]
     return ray.data.from_pandas(blocks).map_batches(
-        decode_batch, fn_kwargs={"size": size, "max_pixels": max_pixels},
+        decode_batch, fn_kwargs={"size": size, "max_pixels": max_pixels,
+                                 "preprocess": preprocess},
         batch_format="pandas", batch_size=ROWS_PER_BLOCK, num_cpus=num_cpus)
 
 
-def decode_batch(batch: pd.DataFrame, size: int, max_pixels: int) -> pd.DataFrame:
+def decode_batch(batch: pd.DataFrame, size: int, max_pixels: int,
+                 preprocess: dict | None = None) -> pd.DataFrame:
     """Task-friendly wrapper of :class:`DecodeBatch` (no actor needed: it holds no state)."""
-    return DecodeBatch(size, max_pixels)(batch)
+    return DecodeBatch(size, max_pixels, preprocess=preprocess)(batch)
 
 
-def decode_materialized(records: pd.DataFrame, size: int, max_pixels: int = MAX_PIXELS
-                        ) -> ray.data.Dataset:
+def decode_materialized(records: pd.DataFrame, size: int, max_pixels: int = MAX_PIXELS,
+                        preprocess: dict | None = None) -> ray.data.Dataset:
     """``decode_dataset`` run to completion, its blocks held in the object store.
 
     The stream is one map stage, so Ray Data's per-operator resource reservation has
@@ -106,25 +115,37 @@ def decode_materialized(records: pd.DataFrame, size: int, max_pixels: int = MAX_
     1.7x faster with it off (docs/PERFORMANCE.md, ``ingest``). It is turned off for this
     dataset only; pipelines with several stages keep it.
     """
-    ds = decode_dataset(records, size, max_pixels)
+    ds = decode_dataset(records, size, max_pixels, preprocess=preprocess)
     ds.context.op_resource_reservation_enabled = False
     return ds.materialize()
 
 
 def from_cache_or_decode(records: pd.DataFrame, size: int, max_pixels: int,
-                         cache: str | None, key: str) -> ray.data.Dataset:
+                         cache: str | None, key: str, preprocess: dict | None = None
+                         ) -> ray.data.Dataset:
     """Decode once; with ``cache`` set, reuse decoded uint8 Parquet shards across runs."""
     if cache:
-        uri = storage.join(cache, f"{key}-{size}px")
+        uri = storage.join(cache, f"{key}-{size}px{preprocess_tag(preprocess)}")
         fs, path = storage.pyarrow_filesystem(uri)
         if storage.exists(storage.join(uri, "_COMPLETE")):
             log.info("reading decoded cache %s", uri)
             return ray.data.read_parquet(path, filesystem=fs)
-        ds = decode_materialized(records, size, max_pixels)
+        ds = decode_materialized(records, size, max_pixels, preprocess)
         ds.write_parquet(path, filesystem=fs)
         storage.write_text(storage.join(uri, "_COMPLETE"), "")
         return ray.data.read_parquet(path, filesystem=fs)
-    return decode_materialized(records, size, max_pixels)
+    return decode_materialized(records, size, max_pixels, preprocess)
+
+
+def preprocess_tag(preprocess: dict | None) -> str:
+    """A cache-name suffix for a preprocessing spec ("" when it does nothing)."""
+    spec = {k: v for k, v in (preprocess or {}).items() if v not in (None, False, "none")}
+    if not spec:
+        return ""
+    import hashlib
+    import json
+
+    return "-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,50 @@ def decode_resize(
     return np.asarray(out, dtype=np.uint8)
 
 
+def decode_preprocessed(data: bytes, size: int, box: Box | None = None,
+                        max_pixels: int = MAX_PIXELS, preprocess: dict | None = None,
+                        work_side: int = 400) -> tuple[np.ndarray, bool]:
+    """:func:`decode_resize` plus the checkpoint's preprocessing: ``(image, located)``.
+
+    ``preprocess`` (a ``PreprocessConfig`` as a dict): ``locate`` finds the white cell by
+    its nucleus and crops a window of fixed size relative to the cell (the whole image when
+    no nucleus is found: ``located`` is then False and the cell is still classified);
+    ``normalise: reinhard`` maps the colours to a fixed reference. The locator works on a
+    copy of at most ``work_side`` pixels on its longer side (Kaggle frames: 320x240 as-is).
+    """
+    spec = preprocess or {}
+    if not spec.get("locate"):
+        out, located = decode_resize(data, size, box=box, max_pixels=max_pixels), True
+    else:
+        from wbc_ray.data.locate import locate_wbc
+
+        region = decode_resize(data, _work_size(data, box, work_side), box=box,
+                               max_pixels=max_pixels)
+        kw = {"context": spec["context"]} if spec.get("context") else {}
+        found = locate_wbc(region, **kw)
+        located = bool(found.found and found.box is not None)
+        window = found.box if located else (0, 0, region.shape[1], region.shape[0])
+        out = np.asarray(Image.fromarray(region).resize((size, size), Image.BILINEAR,
+                                                        box=tuple(map(float, window))))
+    if spec.get("normalise", "none") == "reinhard":
+        from wbc_ray.data.stain import reinhard
+
+        out = reinhard(out)
+    return out, located
+
+
+def _work_size(data: bytes, box: Box | None, side: int) -> tuple[int, int]:
+    """The (w, h) at which the locator sees the (boxed) image: the longer side <= ``side``."""
+    try:
+        w, h = Image.open(io.BytesIO(data)).size
+    except Exception as e:
+        raise BadImage(f"not an image (unidentified format): {e}") from e
+    x0, y0, x1, y1 = _check_box(box, w, h)
+    rw, rh = x1 - x0, y1 - y0
+    scale = min(1.0, side / max(rw, rh))
+    return max(2, round(rw * scale)), max(2, round(rh * scale))
+
+
 def _check_box(box: Box | None, w: int, h: int) -> Box:
     if box is None or any(v is None or v != v for v in box):  # None or NaN: whole image
         return (0.0, 0.0, float(w), float(h))

@@ -48,8 +48,11 @@ def list_labelled(cfg: DataConfig) -> tuple[tuple[str, ...], Listing]:
     return classes, listing
 
 
-def prepare(cfg: DataConfig, size: int) -> PreparedData:
-    """List, split, decode once (or read the cache), and separate bad inputs."""
+def prepare(cfg: DataConfig, size: int, preprocess: dict | None = None) -> PreparedData:
+    """List, split, decode once (or read the cache), and separate bad inputs.
+
+    ``preprocess``: the run's (or checkpoint's) preprocessing spec, applied at decode time.
+    """
     classes, listing = list_labelled(cfg)
     records = assign_splits(listing.records, cfg.split, tuple(cfg.fractions), cfg.seed)
     records["label_idx"] = records["label"].map({c: i for i, c in enumerate(classes)})
@@ -59,7 +62,7 @@ def prepare(cfg: DataConfig, size: int) -> PreparedData:
     # come sorted by folder, and training only reshuffles blocks plus a local buffer.
     shuffled = records.drop(columns="split").sample(frac=1.0, random_state=0)
     decoded = from_cache_or_decode(shuffled, size, cfg.max_pixels, cfg.cache,
-                                   listing.fingerprint())
+                                   listing.fingerprint(), preprocess)
     good, bad = split_errors(decoded)
     quarantine = pd.concat([listing.rejected, bad], ignore_index=True)
     split_of = ray.put(dict(zip(records["uri"], records["split"], strict=True)))

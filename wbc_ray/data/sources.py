@@ -13,17 +13,27 @@ Every file seen ends up either in ``records`` or in ``rejected`` with a reason.
 from __future__ import annotations
 
 import hashlib
-import posixpath
 from dataclasses import dataclass
 
 import pandas as pd
 
 from wbc_ray import storage
 from wbc_ray.classes import normalise_class
-from wbc_ray.schema import BOX_COLUMNS
+from wbc_ray.data.ingest import (
+    NOT_UTF8,
+    RECORD_COLUMNS,
+    is_manifest,
+    list_files,
+    manifest_base,
+    numeric_boxes,
+    printable,
+    read_table,
+    resolve,
+    undecodable,
+)
 
-RECORD_COLUMNS = ("uri", "path", "label", "folder_split", "group", "sample_id", "cell_id",
-                  *BOX_COLUMNS)
+__all__ = ["Listing", "list_inputs", "is_manifest", "read_table", "attach_groups",
+           "find_groups_file", "SPLIT_NAMES", "RECORD_COLUMNS"]
 SPLIT_NAMES = {"TRAIN": "train", "TRAINING": "train", "VAL": "val", "VALID": "val",
                "VALIDATION": "val", "DEV": "val", "TEST": "test", "TESTING": "test"}
 
@@ -48,10 +58,6 @@ class Listing:
         return h.hexdigest()[:16]
 
 
-def is_manifest(uri: str) -> bool:
-    return uri.lower().endswith((".csv", ".parquet", ".pq"))
-
-
 def list_inputs(uri: str, classes: tuple[str, ...]) -> Listing:
     """Folder or manifest at ``uri`` -> :class:`Listing`. Fails fast on a wrong URI."""
     storage.check_readable(uri)
@@ -63,30 +69,30 @@ def _empty_records() -> pd.DataFrame:
 
 
 def _finish(rows: list[dict], rejected: list[dict], root: str) -> Listing:
+    # Parquet and JSON hold UTF-8 only: other names are reported with their real bytes.
+    bad = [r for r in rows if undecodable(str(r["uri"]), str(r["path"]))]
+    rejected = [{"uri": printable(str(r["uri"])), "reason": r["reason"]} for r in rejected]
+    rejected += [{"uri": printable(str(r["uri"])), "reason": NOT_UTF8} for r in bad]
+    rows = [r for r in rows if not undecodable(str(r["uri"]), str(r["path"]))]
     rec = pd.DataFrame(rows) if rows else _empty_records()
     for c in RECORD_COLUMNS:
         if c not in rec:
             rec[c] = None
-    for c in BOX_COLUMNS:
-        rec[c] = pd.to_numeric(rec[c], errors="coerce").astype("float64")
-    rec = rec.sort_values("path", kind="stable").reset_index(drop=True)
+    rec = numeric_boxes(rec).sort_values("path", kind="stable").reset_index(drop=True)
     rej = pd.DataFrame(rejected, columns=["uri", "reason"])
     return Listing(rec, rej, root)
 
 
 def list_folder(uri: str, classes: tuple[str, ...]) -> Listing:
     """List ``<root>/<CLASS>/*`` or ``<root>/<SPLIT>/<CLASS>/*`` with one recursive call."""
-    fs, root = storage.filesystem(uri)
-    found = fs.find(root, withdirs=False, detail=True)
+    root, rels = list_files(uri)
     rows, rejected = [], []
-    rels = {posixpath.relpath(p, root).replace("\\", "/"): info for p, info in found.items()}
     # Split level present when the top-level folders are split names rather than classes.
     tops = {r.split("/")[0] for r in rels if "/" in r}
     split_level = bool(tops) and all(normalise_class(t, classes) is None for t in tops) and any(
         t.upper() in SPLIT_NAMES or t.upper().startswith("TEST") for t in tops)
-    for rel, info in sorted(rels.items()):
+    for rel, (full, size) in sorted(rels.items()):
         parts = rel.split("/")
-        full = storage.uri_of(fs, posixpath.join(root, rel))
         name = parts[-1]
         if name.startswith("."):
             rejected.append({"uri": full, "reason": "hidden file"})
@@ -101,17 +107,9 @@ def list_folder(uri: str, classes: tuple[str, ...]) -> Listing:
             rejected.append({"uri": full, "reason": f"unknown class folder {class_dir!r} "
                                                    f"(classes: {', '.join(classes)})"})
             continue
-        rows.append({"uri": full, "path": rel, "label": label, "size": int(info.get("size") or 0),
+        rows.append({"uri": full, "path": rel, "label": label, "size": size,
                      "folder_split": parts[0] if split_level else None})
-    return _finish(rows, rejected, storage.uri_of(fs, root))
-
-
-def read_table(uri: str) -> pd.DataFrame:
-    fs, path = storage.filesystem(uri)
-    with fs.open(path, "rb") as f:
-        if uri.lower().endswith(".csv"):
-            return pd.read_csv(f, dtype={"sample_id": str, "cell_id": str, "group": str})
-        return pd.read_parquet(f)
+    return _finish(rows, rejected, root)
 
 
 def read_manifest(uri: str, classes: tuple[str, ...]) -> Listing:
@@ -119,12 +117,10 @@ def read_manifest(uri: str, classes: tuple[str, ...]) -> Listing:
     df = read_table(uri)
     if "uri" not in df.columns:
         raise ValueError(f"{uri}: manifest needs a 'uri' column (has {list(df.columns)})")
-    base = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    base = manifest_base(uri)
     rows, rejected = [], []
     for rec in df.to_dict("records"):
-        u = str(rec["uri"])
-        if not (storage.is_remote(u) or u.startswith("/")):
-            u = storage.join(base, u)
+        u = resolve(base, str(rec["uri"]))
         rec["uri"] = u
         rec["path"] = u
         raw = rec.get("label")

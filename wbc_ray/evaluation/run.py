@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -41,10 +42,25 @@ def write_report(metrics: dict, output: str, title: str) -> dict[str, str]:
              (("json", "metrics.json"), ("markdown", "metrics.md"),
               ("confusion", "confusion_matrix.png"))}
     storage.write_text(paths["json"], json.dumps(metrics, indent=2))
-    storage.write_text(paths["markdown"], metrics_markdown(metrics, title))
+    text = metrics_markdown(metrics, title)
+    if metrics.get("excluded_classes"):
+        left_out = ", ".join(f"{k} ({v} images)" for k, v in metrics["excluded_classes"].items())
+        text += (f"\nExcluded (classes the checkpoint does not know, quarantined): "
+                 f"{left_out}.\n")
+    storage.write_text(paths["markdown"], text)
     with storage.local_copy_for_write(paths["confusion"]) as local:
         plot_confusion(metrics, local, title)
     return paths
+
+
+def excluded_classes(quarantine) -> dict[str, int]:
+    """Class folders the checkpoint does not know (e.g. LISC's BASOPHIL) -> images left out."""
+    reasons = quarantine["reason"] if len(quarantine) else []
+    found = [m.group(1) for r in reasons if (m := _UNKNOWN_CLASS.match(str(r)))]
+    return {name: found.count(name) for name in sorted(set(found))}
+
+
+_UNKNOWN_CLASS = re.compile(r"unknown class folder '([^']*)'")
 
 
 def evaluate_checkpoint(checkpoint: str, data: DataConfig, output: str, part: str = "test",
@@ -52,11 +68,12 @@ def evaluate_checkpoint(checkpoint: str, data: DataConfig, output: str, part: st
     """Evaluate ``checkpoint`` on ``part`` of ``data`` (split ``all`` = every image)."""
     meta = read_meta(checkpoint)
     data = replace(data, classes=",".join(meta.classes))
-    prepared = prepare(data, meta.input_size)
+    prepared = prepare(data, meta.input_size, meta.preprocess)
     labels, probs = predict(prepared.datasets[part], checkpoint, batch_size)
     metrics = compute_metrics(labels, probs, meta.classes)
     metrics.update({"checkpoint": checkpoint, "data": data.data, "split": data.split,
-                    "part": part, "counts": prepared.counts, "model": meta.model})
+                    "part": part, "counts": prepared.counts, "model": meta.model,
+                    "excluded_classes": excluded_classes(prepared.quarantine)})
     if len(prepared.quarantine):
         from wbc_ray.data.dataset import Quarantine
 

@@ -36,6 +36,9 @@ class CheckpointMeta:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Deterministic preprocessing before the model (PreprocessConfig as a dict: locate,
+    # context, normalise); evaluation and scoring apply exactly this.
+    preprocess: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: str | None = None
     version: str = __version__
@@ -44,10 +47,10 @@ class CheckpointMeta:
 
     @classmethod
     def for_model(cls, model: str, classes, model_kwargs=None, input_size: int | None = None,
-                  **kw) -> CheckpointMeta:
+                  preprocess: dict | None = None, **kw) -> CheckpointMeta:
         spec = get_spec(model)
         return cls(model, tuple(classes), input_size or spec.input_size, spec.mean, spec.std,
-                   dict(model_kwargs or {}), **kw)
+                   dict(model_kwargs or {}), dict(preprocess or {}), **kw)
 
 
 def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -37,13 +37,24 @@ import pandas as pd
 
 from wbc_ray import storage
 from wbc_ray.data.decode import IMAGE_EXTENSIONS
-from wbc_ray.data.sources import BOX_COLUMNS, is_manifest, read_table
+from wbc_ray.data.ingest import (
+    NOT_UTF8,
+    REJECT_COLUMNS,
+    is_manifest,
+    list_files,
+    manifest_base,
+    printable,
+    read_table,
+    resolve,
+    undecodable,
+)
+from wbc_ray.data.ingest import SCORE_COLUMNS as RECORD_COLUMNS
+from wbc_ray.schema import BOX_COLUMNS
+from wbc_ray.schema import KEY as _KEY
 
 log = logging.getLogger(__name__)
 
-KEY = ["sample_id", "cell_id"]
-RECORD_COLUMNS = (*KEY, "uri", *BOX_COLUMNS)
-REJECT_COLUMNS = (*KEY, "uri", "reason")
+KEY = list(_KEY)
 MAX_SAMPLE_ID = 200  # characters; longer ids are rejected
 VOC_CELL_NAME = "WBC"
 
@@ -54,6 +65,7 @@ class Inputs:
     records: pd.DataFrame  # RECORD_COLUMNS, one row per cell to score, sorted by sample
     rejected: pd.DataFrame  # REJECT_COLUMNS: inputs that can never be scored
     duplicates: int  # rows dropped because their (sample_id, cell_id) came earlier
+    sample_ids: frozenset[str] = frozenset()  # every sample seen, with or without cells
 
     @property
     def seen(self) -> int:
@@ -81,20 +93,32 @@ def read_inputs(uri: str, exclude: str | None = None) -> Inputs:
     storage.check_readable(uri)
     if is_manifest(uri):
         return manifest_inputs(uri)
-    fs, root = storage.filesystem(uri)
-    if hasattr(fs, "invalidate_cache"):  # a long-lived process must see new files
-        fs.invalidate_cache(root)
-    skip = storage.filesystem(exclude)[1].rstrip("/") + "/" if exclude else None
-    files = {}
-    for path in fs.find(root, withdirs=False):
-        if skip and (path + "/").startswith(skip):
-            continue
-        files[posixpath.relpath(path, root).replace("\\", "/")] = storage.uri_of(fs, path)
-    if not files:
+    fs, _ = storage.filesystem(uri)
+    _, listed = list_files(uri, exclude)
+    files = {rel: u for rel, (u, _) in listed.items()}
+    folders = _sample_folders(uri, exclude)
+    if not files and not folders:
         raise ValueError(f"{uri}: no files to score")
     if any(rel.lower().endswith(".xml") for rel in files):
         return voc_inputs(fs, files)
-    return folder_inputs(files)
+    inputs = folder_inputs(files)
+    return Inputs(inputs.kind, inputs.records, inputs.rejected, inputs.duplicates,
+                  inputs.sample_ids | folders)
+
+
+def _sample_folders(uri: str, exclude: str | None) -> frozenset[str]:
+    """The sample folders directly under ``uri``, empty ones included (a listing of files
+    never shows an empty folder, and a lab expects "sample X: 0 cells", not silence)."""
+    fs, root = storage.filesystem(uri)
+    skip = storage.filesystem(exclude)[1].rstrip("/") if exclude else None
+    out = set()
+    for entry in fs.ls(root, detail=True):
+        name = entry["name"].rstrip("/")
+        if entry.get("type") == "directory" and name != skip:
+            sample = posixpath.basename(name)
+            if not sample.startswith(".") and sample_id_problem(printable(sample)) is None:
+                out.add(sample)
+    return frozenset(out)
 
 
 def _is_image(rel: str) -> bool:
@@ -211,14 +235,13 @@ def manifest_inputs(uri: str) -> Inputs:
     if missing:
         raise ValueError(f"{uri}: a scoring manifest needs columns {missing} "
                          f"(has {list(df.columns)})")
-    base = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    base = manifest_base(uri)
     boxes = (df[list(BOX_COLUMNS)].apply(pd.to_numeric, errors="coerce")
              if set(BOX_COLUMNS) <= set(df.columns) else None)
     rows, rejected = [], []
     for i, rec in enumerate(df.to_dict("records")):
         raw = "" if pd.isna(rec["uri"]) else str(rec["uri"])
-        full = raw if (storage.is_remote(raw) or raw.startswith("/") or not raw) else \
-            storage.join(base, raw)
+        full = resolve(base, raw)
         box = tuple(boxes.iloc[i]) if boxes is not None else (float("nan"),) * 4
         cell = rec.get("cell_id")
         if cell is None or pd.isna(cell) or str(cell) == "":
@@ -232,27 +255,13 @@ def manifest_inputs(uri: str) -> Inputs:
     return _finish("manifest", rows, rejected)
 
 
-def _utf8_problem(*texts: str) -> bool:
-    try:
-        for t in texts:
-            t.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _printable(text: str) -> str:
-    """Undecodable file-name bytes (surrogate escapes) -> U+FFFD, deterministically."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-
-
 def _finish(kind: str, rows: list[tuple], rejected: list[tuple]) -> Inputs:
     # Parquet strings are UTF-8: names with undecodable bytes are reported, not scored.
-    rejected = [tuple(_printable(str(v)) for v in r) for r in rejected]
-    undecodable = [_utf8_problem(*r[:3]) for r in rows]
-    rejected += [(*(_printable(v) for v in r[:3]), "file name is not valid UTF-8")
-                 for r, bad in zip(rows, undecodable, strict=True) if bad]
-    rows = [r for r, bad in zip(rows, undecodable, strict=True) if not bad]
+    rejected = [tuple(printable(str(v)) for v in r) for r in rejected]
+    bad_names = [undecodable(*r[:3]) for r in rows]
+    rejected += [(*(printable(v) for v in r[:3]), NOT_UTF8)
+                 for r, bad in zip(rows, bad_names, strict=True) if bad]
+    rows = [r for r, bad in zip(rows, bad_names, strict=True) if not bad]
     rec = pd.DataFrame([r + (float("nan"),) * (len(RECORD_COLUMNS) - len(r)) for r in rows],
                        columns=list(RECORD_COLUMNS))
     rec = rec.astype({c: "float64" for c in BOX_COLUMNS})
@@ -275,4 +284,5 @@ def _finish(kind: str, rows: list[tuple], rejected: list[tuple]) -> Inputs:
     rej = both.loc[~both["_rec"], list(REJECT_COLUMNS)]
     rec = rec.sort_values(KEY, kind="stable").reset_index(drop=True)
     rej = rej.sort_values(KEY, kind="stable").reset_index(drop=True)
-    return Inputs(kind, rec, rej, duplicates)
+    return Inputs(kind, rec, rej, duplicates, frozenset(rec["sample_id"]) | frozenset(
+        s for s in rej["sample_id"] if s and sample_id_problem(s) is None))

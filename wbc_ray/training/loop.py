@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -25,15 +26,47 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
     return cls([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
 
+def lr_factor(progress: float, epochs: int, schedule: str = "constant",
+              warmup_epochs: float = 0.0) -> float:
+    """Learning-rate multiplier at ``progress`` epochs into a run of ``epochs`` (pure)."""
+    if warmup_epochs > 0 and progress < warmup_epochs:
+        return max(progress / warmup_epochs, 1e-3)
+    if schedule == "constant":
+        return 1.0
+    span = max(epochs - warmup_epochs, 1e-9)
+    t = min(max((progress - warmup_epochs) / span, 0.0), 1.0)
+    return SCHEDULES[schedule](t)
+
+
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
+    # one-cycle's decay half after the warm-up: cosine down to 1/25 of the peak
+    "onecycle": lambda t: 0.04 + 0.96 * 0.5 * (1.0 + math.cos(math.pi * t)),
+}
+
+
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer, norm: Normalise,
                     device: torch.device, precision: str = "fp32", augment: bool = True,
-                    loss_fn: nn.Module | None = None, scaler=None) -> dict[str, float]:
-    """One pass over ``batches``; returns mean loss, accuracy, images and images/s."""
+                    loss_fn: nn.Module | None = None, scaler=None,
+                    before_step: Callable[[int], None] | None = None,
+                    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    ) -> dict[str, float]:
+    """One pass over ``batches``; returns mean loss, accuracy, images and images/s.
+
+    ``before_step(i)`` runs before the i-th optimizer step (learning-rate schedules);
+    ``transform`` maps uint8 NHWC images to float NCHW in [0, 1] with random colour/scale
+    augmentation, before normalisation (training only).
+    """
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     model.train()
     total_loss, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
-    for batch in batches:
-        x = norm(batch["image"].to(device, non_blocking=True))
+    for i, batch in enumerate(batches):
+        if before_step is not None:
+            before_step(i)
+        images = batch["image"].to(device, non_blocking=True)
+        if transform is not None:
+            images = transform(images)
+        x = norm(images)
         y = batch["label_idx"].to(device, non_blocking=True).long()
         if augment:
             x = augment_batch(x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,9 +29,11 @@ from wbc_ray.models.checkpoint import (
     save_checkpoint,
 )
 from wbc_ray.models.inputs import Normalise
+from wbc_ray.training.augmentation import batch_transform
 from wbc_ray.training.loop import (
     EarlyStopping,
     evaluate,
+    lr_factor,
     make_optimizer,
     train_one_epoch,
 )
@@ -62,7 +65,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(t.seed + rank)
     device = ray.train.torch.get_device()
     meta = CheckpointMeta.for_model(cfg.model.name, config["classes"], model_kwargs(cfg),
-                                    input_size=cfg.model.input_size, config=config["run"],
+                                    input_size=cfg.model.input_size,
+                                    preprocess=config["run"]["preprocess"], config=config["run"],
                                     data_fingerprint=config["fingerprint"])
     model = build_model(cfg.model.name, len(meta.classes), **model_kwargs(cfg))
     state, history = None, []
@@ -83,12 +87,22 @@ def worker_loop(config: dict[str, Any]) -> None:
     norm = Normalise(meta.mean, meta.std, t.channels_last).to(device)
     train_shard, val_shard = (ray.train.get_dataset_shard(s) for s in ("train", "val"))
     hooks: TrainHooks = config.get("hooks") or TrainHooks()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    steps = max(1, math.ceil(config["train_rows"] / ctx.get_world_size() / t.batch_size))
+    transform = batch_transform(t, seed=t.seed * 7919 + rank)
     for epoch in range(len(history), t.epochs):
         batches = train_shard.iter_torch_batches(batch_size=t.batch_size, drop_last=False,
                                                  local_shuffle_buffer_size=SHUFFLE_BUFFER,
                                                  local_shuffle_seed=t.seed * 1000 + epoch)
+
+        def set_lr(i: int, epoch: int = epoch) -> None:
+            f = lr_factor(epoch + i / steps, t.epochs, t.schedule, t.warmup_epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = t.lr * f
+
         tr = train_one_epoch(model, batches, optimizer, norm, device, t.precision, t.augment,
-                             scaler=scaler)
+                             loss_fn=loss_fn, scaler=scaler, before_step=set_lr,
+                             transform=transform)
         loss_sum, correct, n, secs = _all_reduce(
             [tr["loss"] * tr["images"], tr["acc"] * tr["images"], tr["images"], tr["seconds"]])
         va = evaluate(model, val_shard.iter_torch_batches(batch_size=256), norm, device,
@@ -180,7 +194,8 @@ def build_trainer(cfg: RunConfig, data: PreparedData, run_dir: str, name: str,
         checkpoint_config=CheckpointConfig(num_to_keep=1),
         failure_config=FailureConfig(max_failures=t.max_failures), callbacks=callbacks)
     loop_config = {"run": to_dict(cfg), "classes": list(data.classes),
-                   "fingerprint": data.fingerprint, "run_dir": run_dir, "hooks": hooks}
+                   "fingerprint": data.fingerprint, "run_dir": run_dir, "hooks": hooks,
+                   "train_rows": data.counts["train"]}
     return TorchTrainer(worker_loop, train_loop_config=loop_config, scaling_config=scaling,
                         run_config=run_config,
                         # a new block order every epoch; rows were shuffled once before decoding

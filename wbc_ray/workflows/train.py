@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from wbc_ray import storage
-from wbc_ray.config import RunConfig, dump_yaml
+from wbc_ray.config import RunConfig, dump_yaml, to_dict
 from wbc_ray.data.dataset import Quarantine
 from wbc_ray.data.prepare import prepare
 from wbc_ray.evaluation.metrics import compute_metrics, plot_curves
@@ -47,7 +47,8 @@ def train(cfg: RunConfig, evaluate_test: bool = True, hooks: TrainHooks | None =
         wait_for_gpus(cfg.train.gpus, cfg.train.gpu_wait_s)
     cfg = replace(cfg, train=replace(cfg.train, name=run_name(cfg)))
     run_dir = run_dir_of(cfg)
-    data = prepare(cfg.data, cfg.model.input_size or get_spec(cfg.model.name).input_size)
+    data = prepare(cfg.data, cfg.model.input_size or get_spec(cfg.model.name).input_size,
+                   to_dict(cfg.preprocess))
     log.info("data %s: %s", cfg.data.data, data.counts)
     storage.write_text(storage.join(run_dir, "config.yaml"), dump_yaml(cfg))
     storage.write_text(storage.join(run_dir, "data.json"),
