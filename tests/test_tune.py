@@ -17,22 +17,25 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import ray
 import yaml
 from ray import tune
 
-from wbc_ray.config import DataConfig, RunConfig, TuneConfig, load_run_config
-from wbc_ray.tuning import DEFAULT_SPACE, apply_params, resolve_space, validate_space
-from wbc_ray.tuning.space import grid_size, to_tune
-from wbc_ray.tuning.sweep import (
-    STOP_FILE,
+from wbc_ray.config import DataConfig, ModelConfig, RunConfig, TuneConfig, load_run_config
+from wbc_ray.tuning import (
+    DEFAULT_SPACE,
     SweepInterrupted,
-    _GracefulASHA,
-    check_tune_config,
-    count_trials,
-    max_concurrent,
+    apply_params,
+    resolve_space,
     run_sweep,
-    tuning_data,
+    validate_space,
 )
+from wbc_ray.tuning.ray_compat import RAY_VERSION, STOP_FILE, GracefulASHA, check_ray_version
+from wbc_ray.tuning.report import trials_table, write_report
+from wbc_ray.tuning.resources import local_cpus, max_concurrent
+from wbc_ray.tuning.search import check_tune_config, count_trials, grid_size, to_tune
+from wbc_ray.tuning.split import tuning_data
+from wbc_ray.tuning.sweep import check_resume, sweep_dir_of
 
 # --- the space: schema, validation, params -> RunConfig ---------------------------------
 
@@ -74,16 +77,22 @@ def test_space_yaml_overrides_drop_and_fix_parameters(tmp_path):
 @pytest.mark.parametrize(("space", "message"), [
     ({"lr": {"loguniform": [0, 1e-3]}}, "tune.space.lr: loguniform needs low > 0"),
     ({"lr": {"loguniform": [1e-3, 1e-5]}}, "tune.space.lr: loguniform needs low < high"),
-    ({"lr": {"loguniform": [1e-5]}}, "tune.space.lr: loguniform needs [low, high]"),
-    ({"lr": {"loguniform": ["fast", 1]}}, "tune.space.lr: expected a number"),
-    ({"lr": {"normal": [0, 1]}}, "tune.space.lr: unknown distribution 'normal'"),
+    ({"lr": {"loguniform": [1e-5]}}, "tune.space.lr.loguniform: expected tuple[float, float]"),
+    ({"lr": {"loguniform": ["fast", 1]}}, "tune.space.lr.loguniform: expected tuple"),
+    ({"lr": {"loguniform": "fast"}}, "tune.space.lr.loguniform: expected tuple"),
+    ({"lr": {"normal": [0, 1]}}, "tune.space.lr.normal: unknown key"),
+    ({"lr": {"logunifrom": [0, 1]}}, "tune.space.lr.logunifrom: unknown key; did you mean "
+                                     "loguniform?"),
+    ({"lr": {"choice": 1e-4}}, "tune.space.lr.choice: expected list"),
     ({"lr": [1e-4, 1e-3]}, "tune.space.lr: a bare list is ambiguous"),
     ({"lr": {"choice": [1e-4], "grid": [1e-3]}}, "tune.space.lr: expected one of"),
-    ({"batch_size": {"uniform": [16, 64]}}, "tune.space.batch_size: expected a positive whole"),
+    ({"batch_size": {"uniform": [16, 64]}}, "tune.space.batch_size: train.batch_size: expected "
+                                            "int, got 40.0"),
     ({"batch_size": {"choice": [16, 0]}}, "tune.space.batch_size"),
-    ({"dropout": {"choice": [0.2, 1.5]}}, "tune.space.dropout: must be in [0, 1)"),
-    ({"optimizer": {"choice": ["adam", "lion"]}}, "tune.space (optimizer)"),
-    ({"augment": {"choice": ["yes"]}}, "tune.space.augment: expected true or false"),
+    ({"dropout": {"choice": [0.2, 1.5]}}, "tune.space.dropout: model.dropout: must be in [0, 1)"),
+    ({"optimizer": {"choice": ["adam", "lion"]}}, "tune.space.optimizer: train.optimizer"),
+    ({"augment": {"choice": ["yes"]}}, "tune.space.augment: train.augment: expected bool"),
+    ({"hidden": {"choice": [64, [0]]}}, "tune.space.hidden: model.hidden: must be widths >= 1"),
     ({"hidden": {"choice": []}}, "tune.space.hidden: choice needs a non-empty list"),
     ({"momentum": {"choice": [0.9]}}, "unknown parameter(s) ['momentum']"),
 ])
@@ -94,6 +103,54 @@ def test_space_errors_name_the_key(tmp_path, space, message):
     with pytest.raises((ValueError, TypeError)) as e:
         validate_space(resolve_space(cfg.tune.space), cfg)
     assert message in str(e.value)
+
+
+def _with_model(name: str) -> RunConfig:
+    return RunConfig(model=ModelConfig(name=name))
+
+
+def test_default_space_tunes_only_the_parameters_the_model_declares():
+    baseline = _with_model("mobilenet_v2")
+    space = resolve_space({}, baseline.model.name)
+    assert "dropout" not in space and "hidden" not in space
+    assert {"lr", "batch_size", "optimizer", "weight_decay", "augment"} <= set(space)
+    validate_space(space, baseline)
+    # efficientnet_lite0 declares dropout (its head) but has no dense widths to tune
+    effnet = resolve_space({}, "efficientnet_lite0")
+    assert "dropout" in effnet and "hidden" not in effnet
+    assert resolve_space({}, "paper_cnn") == DEFAULT_SPACE
+
+
+@pytest.mark.parametrize("key", ["dropout", "hidden"])
+def test_a_model_parameter_the_model_does_not_take_names_key_and_model(tmp_path, key):
+    path = tmp_path / "tune.yaml"
+    value = DEFAULT_SPACE[key]["choice"][0]
+    path.write_text(f"model: {{name: mobilenet_v2}}\n"
+                    f"tune:\n  space:\n    {key}: {{choice: [{value}]}}\n")
+    cfg = load_run_config(str(path))
+    with pytest.raises(ValueError, match=rf"tune.space.{key}: model 'mobilenet_v2' does not "
+                                         rf"take model.{key}"):
+        validate_space(resolve_space(cfg.tune.space, cfg.model.name), cfg)
+    # the sweep refuses it before it needs Ray or any data
+    with pytest.raises(ValueError, match=rf"tune.space.{key}: model 'mobilenet_v2'"):
+        run_sweep(cfg)
+    # null drops it: nothing left that the model would ignore
+    dropped = resolve_space({key: None}, cfg.model.name)
+    validate_space(dropped, cfg)
+
+
+def test_run_sweep_needs_ray_started_by_the_entry_point(monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(RuntimeError, match=r"call wbc_ray.ray_session.init_ray\(\) first"):
+        run_sweep(RunConfig())
+
+
+def test_ray_workarounds_are_pinned_to_the_installed_ray():
+    assert ray.__version__ == RAY_VERSION
+    check_ray_version()
+    with pytest.raises(RuntimeError, match=rf"Ray {RAY_VERSION} internals .* Ray 2.99.0 is "
+                                           rf"installed"):
+        check_ray_version("2.99.0")
 
 
 def test_grid_searcher_enumerates_sets_and_rejects_ranges():
@@ -130,6 +187,30 @@ def test_concurrency_follows_cluster_resources(tc, resources, expected):
     assert max_concurrent(tc, tc.trials, resources) == expected
 
 
+@pytest.mark.parametrize(("tc", "cores", "expected"), [
+    (TuneConfig(), 2, 4),  # driver + worker + 2 for Ray Data: more logical CPUs than cores
+    (TuneConfig(), 16, 16),  # the cores, when they are enough
+    (TuneConfig(workers_per_trial=2, cpus_per_worker=2), 2, 7),
+])
+def test_local_ray_gets_one_trial_plus_data_cpus(tc, cores, expected):
+    assert local_cpus(tc, cpu_count=cores) == expected
+
+
+def test_resume_reports_changed_settings(tmp_path, caplog):
+    cfg = load_run_config(None, {"tune": {"output": str(tmp_path), "name": "s"}})
+    sweep_dir = sweep_dir_of(cfg.tune)
+    assert check_resume(sweep_dir, cfg) == []  # nothing saved yet
+    Path(sweep_dir).mkdir(parents=True)
+    from wbc_ray.config import dump_yaml
+
+    Path(sweep_dir, "config.yaml").write_text(dump_yaml(cfg))
+    assert check_resume(sweep_dir, cfg) == []
+    changed = replace(cfg, tune=replace(cfg.tune, trials=3),
+                      train=replace(cfg.train, lr=3e-4))
+    assert check_resume(sweep_dir, changed) == ["train.lr", "tune.trials"]
+    assert "ignoring changes to train.lr, tune.trials" in caplog.text
+
+
 def test_fractional_gpus_per_trial_is_rejected():
     with pytest.raises(ValueError, match="whole number of GPU workers"):
         check_tune_config(TuneConfig(gpus_per_trial=0.5))
@@ -153,7 +234,7 @@ def test_asha_stop_marks_the_trial_instead_of_killing_it(tmp_path):
 
     kwargs = {"time_attr": "epochs_done", "max_t": 4, "grace_period": 1,
               "stop_last_trials": False}
-    plain, graceful = ASHAScheduler(**kwargs), _GracefulASHA(str(tmp_path), **kwargs)
+    plain, graceful = ASHAScheduler(**kwargs), GracefulASHA(str(tmp_path), **kwargs)
     good, weak = SimpleNamespace(trial_id="good"), SimpleNamespace(trial_id="weak")
     decisions = {}
     for name, sched in (("plain", plain), ("graceful", graceful)):
@@ -175,8 +256,6 @@ def _fake_result(tmp_path, name, params, val_losses, error=None):
 
 
 def test_outputs_pick_the_lowest_val_loss_and_keep_one_type_per_column(tmp_path):
-    from wbc_ray.tuning.sweep import _finish, trials_table
-
     cfg = load_run_config(None, {"tune": {"space": {"hidden": {"choice": [64, [128, 64]]}},
                                           "max_epochs": 3}})
     keys = list(resolve_space(cfg.tune.space))
@@ -193,7 +272,7 @@ def test_outputs_pick_the_lowest_val_loss_and_keep_one_type_per_column(tmp_path)
     assert (t.loc["trial_a", "best_val_loss"], t.loc["trial_a", "best_epoch"]) == (1.0, 1)
     assert t.loc["trial_a", "best_val_acc"] == pytest.approx(0.6)
     assert list(t["hidden"]) == ["64", "[128, 64]", "64"]
-    result = _finish(cfg, trials, str(tmp_path), resumed=False, seconds=1.0)
+    result = write_report(cfg, trials, str(tmp_path), resumed=False, seconds=1.0)
     assert result.best_trial == "trial_b"
     assert result.best_config.model.hidden == (128, 64) and result.best_config.train.lr == 3e-4
     assert pd.read_parquet(result.files["trials_parquet"])["hidden"].tolist() == list(t["hidden"])
@@ -202,13 +281,11 @@ def test_outputs_pick_the_lowest_val_loss_and_keep_one_type_per_column(tmp_path)
 
 
 def test_all_trials_failing_is_an_error(tmp_path):
-    from wbc_ray.tuning.sweep import _finish, trials_table
-
     cfg = RunConfig()
     grid = [_fake_result(tmp_path, "trial_a", {}, [], ValueError("boom"))]
     trials = trials_table(grid, [], str(tmp_path / "runs"), max_epochs=3)
     with pytest.raises(RuntimeError, match="all 1 trials .* failed; first error: ValueError"):
-        _finish(cfg, trials, str(tmp_path), resumed=False, seconds=1.0)
+        write_report(cfg, trials, str(tmp_path), resumed=False, seconds=1.0)
 
 
 # --- real sweeps -----------------------------------------------------------------------

@@ -199,13 +199,14 @@ def tune(
 
     def go():
         from wbc_ray.tuning import sweep
+        from wbc_ray.tuning.resources import local_cpus
 
         cfg = load_run_config(config, overrides)
         if cfg.data.data is not None:
             from wbc_ray import storage
 
             storage.check_readable(cfg.data.data)
-        _start_ray()
+        _start_ray(local_cpus(cfg.tune))  # logical CPUs: a trial's driver, workers and Data
         return sweep.run_sweep(cfg)
 
     typer.echo(str(_run(verbose, go)))

@@ -76,6 +76,8 @@ def prepare(cfg: DataConfig, size: int, preprocess: dict | None = None) -> Prepa
     per_split = used.loc[~used["uri"].isin(bad_uris)].groupby("split").size()
     counts.update({s: int(per_split.get(s, 0)) for s in SPLITS})
     counts["used"] = sum(counts[s] for s in SPLITS)
+    if (preprocess or {}).get("locate"):  # classified from the whole image, never dropped
+        counts["not_located"] = int(good.filter(expr="located == False").count())
     if counts["used"] + counts["quarantined"] + counts["unused"] != counts["seen"]:
         raise RuntimeError(f"input accounting does not reconcile: {counts}")
     if len(quarantine):

@@ -1,4 +1,4 @@
-"""The search space: a small YAML schema, its validation, and params -> RunConfig.
+"""The search space: entries loaded like the run config, and params -> RunConfig.
 
 A space maps a parameter name (a key of :data:`PARAMS`) to one of
 
@@ -9,18 +9,20 @@ A space maps a parameter name (a key of :data:`PARAMS`) to one of
 - ``null`` (in ``tune.space``): drop the parameter from the default space, keeping the
   value the RunConfig already has.
 
-``tune.space`` entries replace the default entry of the same name.
+``tune.space`` entries replace the default entry of the same name. A mapping entry is a
+:class:`Dist` loaded by :func:`wbc_ray.config.from_dict` (strict); every value a trial can
+get must build a valid RunConfig. ``model.*`` parameters are tuned only for models that
+declare them (``wbc_ray.models.get_spec(name).params``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from wbc_ray.config import RunConfig, from_dict, to_dict
+from wbc_ray.config import ConfigError, RunConfig, from_dict, to_dict
+from wbc_ray.models import get_spec
 
 # Around the paper's setting (Adam, lr 1e-4, dropout 0.2, one dense layer of 64);
 # the paper does not state its batch size.
@@ -38,105 +40,97 @@ RANGES = ("loguniform", "uniform")
 SETS = ("choice", "grid")
 
 
-def _number(v: Any) -> float:
-    # YAML 1.1 reads `1e-4` (no dot) as a string; accept it as the number it looks like.
-    if isinstance(v, bool) or not isinstance(v, int | float | str):
-        raise TypeError(f"expected a number, got {v!r}")
-    try:
-        return float(v)
-    except ValueError:
-        raise TypeError(f"expected a number, got {v!r}") from None
+@dataclass(frozen=True)
+class Dist:
+    """One ``tune.space`` entry written as a mapping: exactly one of these keys."""
+
+    loguniform: tuple[float, float] | None = None  # [low, high], low > 0
+    uniform: tuple[float, float] | None = None  # [low, high]
+    choice: list[Any] | None = None  # values sampled uniformly
+    grid: list[Any] | None = None  # values enumerated by the grid searcher
+
+    def __post_init__(self):
+        given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"expected one of {list(RANGES + SETS)} as the only key, "
+                             f"got {given}")
+        if self.kind in SETS and not self.values:
+            raise ValueError(f"{self.kind} needs a non-empty list")
+        if self.kind in RANGES:
+            low, high = self.values
+            if not low < high:
+                raise ValueError(f"{self.kind} needs low < high, got {list(self.values)}")
+            if self.kind == "loguniform" and low <= 0:
+                raise ValueError(f"loguniform needs low > 0, got {low!r}")
+
+    @property
+    def kind(self) -> str:
+        return next(f.name for f in fields(self) if getattr(self, f.name) is not None)
+
+    @property
+    def values(self) -> Any:
+        return getattr(self, self.kind)
 
 
-def _positive(v: Any) -> float:
-    x = _number(v)
-    if not x > 0:
-        raise ValueError(f"must be > 0, got {v!r}")
-    return x
-
-
-def _non_negative(v: Any) -> float:
-    x = _number(v)
-    if not x >= 0:
-        raise ValueError(f"must be >= 0, got {v!r}")
-    return x
-
-
-def _fraction(v: Any) -> float:
-    x = _number(v)
-    if not 0 <= x < 1:
-        raise ValueError(f"must be in [0, 1), got {v!r}")
-    return x
-
-
-def _positive_int(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise TypeError(f"expected a positive whole number, got {v!r}")
-    return v
-
-
-def _widths(v: Any) -> tuple[int, ...]:
+def _widths(v: Any) -> Any:
     """``64`` -> ``(64,)``; ``[128, 64]`` -> two dense layers."""
-    widths = v if isinstance(v, list | tuple) else [v]
-    if not widths:
-        raise ValueError("needs at least one width")
-    return tuple(_positive_int(w) for w in widths)
-
-
-def _flag(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise TypeError(f"expected true or false, got {v!r}")
-    return v
-
-
-def _name(v: Any) -> str:
-    if not isinstance(v, str):
-        raise TypeError(f"expected a name, got {v!r}")
-    return v
+    return tuple(v) if isinstance(v, list | tuple) else (v,)
 
 
 @dataclass(frozen=True)
 class Param:
     section: str  # RunConfig section: "train" or "model"
     field: str  # field in that section
-    convert: Callable[[Any], Any]  # sampled value -> config value; raises on a bad value
+    convert: Callable[[Any], Any] = lambda v: v  # sampled value -> config value
 
 
 PARAMS: dict[str, Param] = {
-    "lr": Param("train", "lr", _positive),
-    "weight_decay": Param("train", "weight_decay", _non_negative),
-    "batch_size": Param("train", "batch_size", _positive_int),
-    "optimizer": Param("train", "optimizer", _name),
-    "augment": Param("train", "augment", _flag),
-    "dropout": Param("model", "dropout", _fraction),
+    "lr": Param("train", "lr"),
+    "weight_decay": Param("train", "weight_decay"),
+    "batch_size": Param("train", "batch_size"),
+    "optimizer": Param("train", "optimizer"),
+    "augment": Param("train", "augment"),
+    "dropout": Param("model", "dropout"),
     "hidden": Param("model", "hidden", _widths),
 }
 
 
+def _unknown(keys) -> None:
+    if unknown := sorted(set(keys) - set(PARAMS)):
+        raise ValueError(f"tune.space: unknown parameter(s) {unknown}; known: {sorted(PARAMS)}")
+
+
+def model_takes(model: str, key: str) -> bool:
+    """Whether tuning ``key`` reaches the model: train params always, model params if declared."""
+    p = PARAMS[key]
+    return p.section != "model" or p.field in get_spec(model).params
+
+
 def apply_params(cfg: RunConfig, params: Mapping[str, Any]) -> RunConfig:
-    """A copy of ``cfg`` with the sampled ``params`` written into their sections."""
-    changes: dict[str, dict[str, Any]] = {}
+    """A copy of ``cfg`` with the sampled ``params`` written into their sections, checked
+    as the run config is (errors name the ``tune.space`` key and the config key)."""
+    _unknown(params)
+    values = to_dict(cfg)
     for key, value in params.items():
-        if key not in PARAMS:
-            raise ValueError(f"unknown tuning parameter {key!r}; known: {sorted(PARAMS)}")
         p = PARAMS[key]
-        try:
-            changes.setdefault(p.section, {})[p.field] = p.convert(value)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"tune.space.{key}: {e}") from None
-    out = dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **kw)
-                                      for s, kw in changes.items()})
-    try:  # the config's own checks (e.g. optimizer names) still apply
-        from_dict(RunConfig, to_dict(out))
-    except (TypeError, ValueError) as e:
-        bad = ", ".join(sorted(params))
-        raise type(e)(f"tune.space ({bad}): {e}") from None
-    return out
+        values[p.section][p.field] = p.convert(value)
+    try:
+        return from_dict(RunConfig, values)
+    except ConfigError as e:
+        keys = [k for k in params if f"{PARAMS[k].section}.{PARAMS[k].field}" == e.key]
+        where = f"tune.space.{keys[0]}" if keys else f"tune.space ({', '.join(sorted(params))})"
+        raise type(e)(where, str(e)) from None
 
 
-def resolve_space(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The default space with ``overrides`` applied (``None`` drops a parameter)."""
-    space = dict(DEFAULT_SPACE)
+def resolve_space(overrides: Mapping[str, Any] | None = None,
+                  model: str | None = None) -> dict[str, Any]:
+    """The default space with ``overrides`` applied (``None`` drops a parameter).
+
+    With ``model``, default entries for model parameters that model does not declare are
+    left out (a baseline has no ``dropout``/``hidden``); overrides are kept as given, so
+    :func:`validate_space` can name a parameter the model does not take.
+    """
+    space = {k: v for k, v in DEFAULT_SPACE.items() if model is None or model_takes(model, k)}
     for key, spec in (overrides or {}).items():
         if spec is None:
             space.pop(key, None)
@@ -145,85 +139,36 @@ def resolve_space(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return space
 
 
-def _kind(key: str, spec: Any) -> tuple[str, Any]:
+def parse_entry(key: str, spec: Any) -> tuple[str, Any]:
     """``(kind, values)`` of one entry; kind is a distribution name or ``"fixed"``."""
+    if isinstance(spec, list):
+        raise ValueError(f"tune.space.{key}: a bare list is ambiguous; write "
+                         f"{{choice: {spec}}} or {{grid: {spec}}}")
     if not isinstance(spec, dict):
-        if isinstance(spec, list):
-            raise ValueError(f"tune.space.{key}: a bare list is ambiguous; write "
-                             f"{{choice: {spec}}} or {{grid: {spec}}}")
         return "fixed", spec
-    if len(spec) != 1:
-        raise ValueError(f"tune.space.{key}: expected one of {list(RANGES + SETS)} as the "
-                         f"only key, got {sorted(spec)}")
-    (kind, values), = spec.items()
-    if kind not in RANGES + SETS:
-        raise ValueError(f"tune.space.{key}: unknown distribution {kind!r}; "
-                         f"use one of {list(RANGES + SETS)}")
-    if not isinstance(values, list) or not values:
-        raise ValueError(f"tune.space.{key}: {kind} needs a non-empty list, got {values!r}")
-    return kind, values
+    try:
+        dist = from_dict(Dist, spec)
+    except ConfigError as e:
+        raise type(e)(f"tune.space.{key}.{e.key}", e.message) from None
+    except ValueError as e:
+        raise ValueError(f"tune.space.{key}: {e}") from None
+    return dist.kind, list(dist.values)
 
 
 def validate_space(space: Mapping[str, Any], base: RunConfig) -> None:
-    """Fail, naming the key, on unknown parameters, malformed entries or bad values."""
+    """Fail, naming the key, on unknown parameters, parameters the model does not take,
+    malformed entries, or values the run config rejects."""
     if not isinstance(space, Mapping):
         raise ValueError(f"tune.space must be a mapping, got {type(space).__name__}")
-    unknown = sorted(set(space) - set(PARAMS))
-    if unknown:
-        raise ValueError(f"tune.space: unknown parameter(s) {unknown}; known: {sorted(PARAMS)}")
+    _unknown(space)
+    model = base.model.name
     for key, spec in space.items():
-        kind, values = _kind(key, spec)
-        if kind in RANGES:
-            if len(values) != 2:
-                raise ValueError(f"tune.space.{key}: {kind} needs [low, high], got {values!r}")
-            try:
-                low, high = (_number(v) for v in values)
-            except TypeError as e:
-                raise TypeError(f"tune.space.{key}: {e}") from None
-            if not low < high:
-                raise ValueError(f"tune.space.{key}: {kind} needs low < high, got {values!r}")
-            if kind == "loguniform" and low <= 0:
-                raise ValueError(f"tune.space.{key}: loguniform needs low > 0, got {low!r}")
-            candidates = [low, high, (low + high) / 2]  # a range samples floats
-        else:
-            candidates = values if kind in SETS else [values]
+        if not model_takes(model, key):
+            raise ValueError(f"tune.space.{key}: model {model!r} does not take "
+                             f"{PARAMS[key].section}.{PARAMS[key].field}; its parameters are "
+                             f"{list(get_spec(model).params)} (drop it, or set it to null)")
+        kind, values = parse_entry(key, spec)
+        candidates = ([*values, sum(values) / 2] if kind in RANGES  # a range samples floats
+                      else values if kind in SETS else [values])
         for v in candidates:
             apply_params(base, {key: v})
-
-
-def grid_size(space: Mapping[str, Any]) -> int:
-    """Number of points the grid searcher enumerates (fixed values count once)."""
-    sizes = []
-    for key, spec in space.items():
-        kind, values = _kind(key, spec)
-        if kind in RANGES:
-            raise ValueError(f"tune.space.{key}: the grid searcher cannot enumerate a {kind} "
-                             f"range; give {{grid: [...]}} or {{choice: [...]}} values")
-        sizes.append(len(values) if kind in SETS else 1)
-    return math.prod(sizes)
-
-
-def _numbers(values: list[Any]) -> list[float]:
-    return [_number(v) for v in values]
-
-
-def to_tune(space: Mapping[str, Any], searcher: str) -> dict[str, Any]:
-    """The Tune ``param_space``: ranges and sets become Tune domains.
-
-    With ``searcher="grid"`` every set is a ``grid_search`` axis (no ranges allowed);
-    otherwise ``grid`` entries are sampled like ``choice``.
-    """
-    from ray import tune
-
-    if searcher == "grid":
-        grid_size(space)  # raises, naming the key, on a range
-    domains: dict[str, Callable[[list[Any]], Any]] = {
-        "loguniform": lambda v: tune.loguniform(*_numbers(v)),
-        "uniform": lambda v: tune.uniform(*_numbers(v)),
-        "choice": tune.grid_search if searcher == "grid" else tune.choice,
-        "grid": tune.grid_search if searcher == "grid" else tune.choice,
-        "fixed": lambda v: v,
-    }
-    return {key: domains[kind](values) for key, (kind, values) in
-            ((k, _kind(k, s)) for k, s in space.items())}
-
