@@ -1,867 +1,461 @@
 """Offline checks of the cluster configs under cluster/ (docs/CLUSTER.md explains their use).
 
-Cluster-launcher YAMLs (cluster/*.yaml) go through Ray's own validation: the
-`prepare_config` + `validate_config` pair that `ray up` runs before it talks to
-a cloud (private API of the pinned Ray). `prepare_config` only merges the
-provider's packaged defaults.yaml; the provider bootstrap that needs cloud
-credentials (`bootstrap_aws` / `bootstrap_gcp`) is not part of it. The
-`no_network` fixture turns that claim into a checked fact.
-
-KubeRay manifests (cluster/kuberay/*.yaml) have no CRD schema available offline,
-so the structural checker below encodes the fields KubeRay requires and the
-project's rules: pinned images, token auth on every Ray container, object-storage
-credentials only from Secrets, in-cluster services only, and GPU counts that
-match the job's options. Each rule has a test that breaks a loaded copy and
-expects the checker to say so.
+KubeRay manifests (cluster/kuberay/*.yaml, and the RayJob template in the nightly ConfigMap)
+are validated by `jsonschema` against cluster/kuberay/schema/, written from the KubeRay and
+Kubernetes API references. The hand-written checks are the project's own rules only: pinned
+images, token auth, credentials from Secrets, an in-cluster head, entrypoints the job scripts
+accept, GPU counts that match them. Launcher YAMLs (cluster/*.yaml) go through Ray's own
+`prepare_config` + `validate_config` (what `ray up` runs first), offline.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import shlex
 import socket
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
 import ray
+import typer
 import yaml
+from jsonschema import Draft202012Validator
 from ray.autoscaler._private.util import prepare_config, validate_config
+from referencing import Registry, Resource
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER_DIR = ROOT / "cluster"
-KUBERAY_DIR = CLUSTER_DIR / "kuberay"
-CLUSTER_DOC = ROOT / "docs" / "CLUSTER.md"
+CLUSTER_DIR, KUBERAY_DIR = ROOT / "cluster", ROOT / "cluster" / "kuberay"
 LAUNCHER_CONFIGS = sorted(CLUSTER_DIR.glob("*.yaml"))
 KUBERAY_MANIFESTS = sorted(KUBERAY_DIR.glob("*.yaml"))
+SCHEMAS = {p.name: json.loads(p.read_text()) for p in (KUBERAY_DIR / "schema").glob("*.json")}
+MANIFEST_VALIDATOR = Draft202012Validator(
+    SCHEMAS["manifest.schema.json"], format_checker=Draft202012Validator.FORMAT_CHECKER,
+    registry=Registry().with_resources((s["$id"], Resource.from_contents(s))
+                                       for s in SCHEMAS.values()))
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-
 RAY_VERSION = ray.__version__
 CPU_IMAGE = f"rayproject/ray:{RAY_VERSION}-py311"
 GPU_IMAGE = f"rayproject/ray:{RAY_VERSION}-py311-gpu"
 GPU = "nvidia.com/gpu"
-
-# The job scripts and the options every entrypoint must pass to them.
+# Options every entrypoint must pass to its job script, on top of what the CLI requires.
 ENTRYPOINT_OPTIONS = {
     "jobs/train.py": {"--data", "--model", "--gpus", "--epochs", "--split", "--output"},
     "jobs/tune.py": {"--data", "--trials", "--max-epochs", "--gpus-per-trial", "--output"},
     "jobs/nightly_score.py": {"--checkpoint", "--input", "--output"},
 }
-# Env vars that may only come from a Secret (valueFrom), never a literal value.
-SECRET_ENV_VARS = {
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "RAY_AUTH_TOKEN",
-}
-AWS_ACCESS_KEY_ID_LITERAL = re.compile(r"AKIA[0-9A-Z]{16}")
-AWS_SECRET_LITERAL = re.compile(
-    r"(?i)aws_secret_access_key[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+]{30,}"
-)
-# The nightly RayJob template carries this token until the CronJob renders it.
-RUN_DATE_PLACEHOLDER = "__RUN_DATE__"
+SECRET_ENV_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                   "RAY_AUTH_TOKEN"}
+SECRET_LITERALS = [re.compile(r"AKIA[0-9A-Z]{16}"), re.compile(
+    r"(?i)aws_secret_access_key[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+]{30,}")]
+RUN_DATE_PLACEHOLDER = "__RUN_DATE__"  # replaced by the nightly CronJob's init container
+DROP = object()
 
 
-# --------------------------------------------------------------------------------------
-# Shared helpers
-# --------------------------------------------------------------------------------------
-def pinned_ray_version() -> str:
-    for dep in PYPROJECT["project"]["dependencies"]:
-        match = re.fullmatch(r"ray\[[a-z,]+\]==(\S+)", dep)
-        if match:
-            return match.group(1)
-    raise ValueError("pyproject.toml pins no ray[...]==X dependency")
-
-
-def runtime_env_pip() -> list[str]:
-    """pyproject's dependencies minus ray, which the rayproject/ray image already has."""
-    return [d for d in PYPROJECT["project"]["dependencies"] if not d.startswith("ray[")]
-
-
-def secret_literal_problems(text: str) -> list[str]:
-    problems = []
-    if AWS_ACCESS_KEY_ID_LITERAL.search(text):
-        problems.append("literal AWS access key id (AKIA...)")
-    if AWS_SECRET_LITERAL.search(text):
-        problems.append("literal aws_secret_access_key value")
-    return problems
-
-
-def parse_entrypoint(entrypoint: str) -> tuple[str, dict[str, str]]:
-    """`python SCRIPT --opt value ...` -> (SCRIPT, {"--opt": "value"})."""
-    tokens = shlex.split(entrypoint)
-    if len(tokens) < 2 or tokens[0] != "python":
-        raise ValueError(f"entrypoint is not `python SCRIPT ...`: {entrypoint!r}")
-    options: dict[str, str] = {}
-    args = iter(tokens[2:])
-    for token in args:
-        if not token.startswith("--"):
-            raise ValueError(f"unexpected argument {token!r} in {entrypoint!r}")
-        name, _, value = token.partition("=")
-        options[name] = value or next(args, "")
-    return tokens[1], options
-
-
-# --------------------------------------------------------------------------------------
-# KubeRay manifests: loading
-# --------------------------------------------------------------------------------------
 def load_manifests(path: Path) -> list[dict]:
-    """Every document of a multi-document file, plus manifests embedded in ConfigMaps.
-
-    The JSON round trip un-shares YAML anchors so that an in-memory mutation
-    touches one place only.
-    """
-    docs = [json.loads(json.dumps(d)) for d in yaml.safe_load_all(path.read_text()) if d]
-    embedded = []
-    for doc in docs:
-        if doc.get("kind") != "ConfigMap":
-            continue
-        for key, value in (doc.get("data") or {}).items():
+    """Every document of a file plus the manifests embedded in its ConfigMaps (the JSON
+    round trip un-shares YAML anchors, so that a test's mutation touches one place)."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for config_map in [d for d in docs if d.get("kind") == "ConfigMap"]:
+        for key, text in config_map.get("data", {}).items():
             if key.endswith((".yaml", ".yml")):
-                rendered = value.replace(RUN_DATE_PLACEHOLDER, "20260101")
-                embedded += [d for d in yaml.safe_load_all(rendered) if isinstance(d, dict)]
-    return docs + [json.loads(json.dumps(d)) for d in embedded]
+                docs += yaml.safe_load_all(text.replace(RUN_DATE_PLACEHOLDER, "20260101"))
+    return json.loads(json.dumps(docs))
 
 
-def manifest(name: str) -> list[dict]:
-    return load_manifests(KUBERAY_DIR / name)
+def schema_errors(docs: list[dict]) -> list[str]:
+    return [f"{d.get('kind')}/{d['metadata'].get('name') or d['metadata'].get('generateName')} "
+            f"{e.json_path}: {e.message[:300]}" for d in docs
+            for e in MANIFEST_VALIDATOR.iter_errors(d)]
 
 
 def find(docs: list[dict], kind: str) -> dict:
-    return next(d for d in docs if d.get("kind") == kind)
+    return next(d for d in docs if d["kind"] == kind)
 
 
-# --------------------------------------------------------------------------------------
-# KubeRay manifests: the checker
-# --------------------------------------------------------------------------------------
-def env_entry(container: dict, name: str) -> dict | None:
-    return next((e for e in container.get("env") or [] if e.get("name") == name), None)
+def mutate(doc: dict, path: str | tuple, value) -> None:
+    """At `path` ("a.0.b" or a tuple of keys): DROP deletes, "->new" renames, (old, new) edits
+    a string, anything else is set."""
+    *parents, key = [int(k) if k.isdigit() else k
+                     for k in (path.split(".") if isinstance(path, str) else path)]
+    for parent in parents:
+        doc = doc[parent]
+    if isinstance(value, tuple):
+        doc[key] = doc[key].replace(*value)
+    elif isinstance(value, str) and value.startswith("->"):
+        doc[value[2:]] = doc.pop(key)
+    elif value is DROP:
+        del doc[key]
+    else:
+        doc[key] = value
+
+
+# ---------------------------------------------------------------- schema validation
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_schema_file_is_a_valid_2020_12_schema(name):
+    Draft202012Validator.check_schema(SCHEMAS[name])
+    assert SCHEMAS[name]["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert "API reference" in SCHEMAS[name]["$comment"], "name the reference it was written from"
+
+
+@pytest.mark.parametrize("path", KUBERAY_MANIFESTS, ids=lambda p: p.name)
+def test_kuberay_manifest_matches_schema(path):
+    docs = load_manifests(path)
+    assert docs and schema_errors(docs) == []
+
+
+TRAIN, TUNE, NIGHTLY, RC = (f"{n}.yaml" for n in
+                            ("rayjob-train", "rayjob-tune", "nightly-score-cronjob", "raycluster"))
+H, W = "spec.rayClusterSpec.headGroupSpec", "spec.rayClusterSpec.workerGroupSpecs.0"
+WC, SC = f"{W}.template.spec.containers.0", "spec.submitterPodTemplate.spec.containers.0"
+CRON_POD, ENTRY = "spec.jobTemplate.spec.template.spec", "spec.entrypoint"
+
+
+@pytest.mark.parametrize("file, kind, path, value, expected", [
+    (TRAIN, "RayJob", f"{H}.rayStartParams", "->rayStartParam", "'rayStartParam' was unexpected"),
+    (TRAIN, "RayJob", f"{W}.replicas", "->replica", "'replica' was unexpected"),
+    (TRAIN, "RayJob", f"{W}.replicas", "1", "'1' is not of type 'integer'"),
+    (TRAIN, "RayJob", f"{H}.rayStartParams.num-cpus", 0, "0 is not of type 'string'"),
+    (TUNE, "RayJob", H, DROP, "'headGroupSpec' is a required property"),
+    (TUNE, "RayJob", f"{W}.template.spec.containers", DROP, "'containers' is a required"),
+    (TUNE, "RayJob", f"{WC}.resources.limits", {GPU: "eight"}, "'eight' is not valid"),
+    (TUNE, "RayJob", f"{H}.serviceType", "Public", "'Public' is not one of"),
+    (TUNE, "RayJob", f"{WC}.env.1.value", "x", "should not be valid"),  # value and valueFrom
+    (TUNE, "RayJob", f"{WC}.volumeMounts.0.mountPath", DROP, "'mountPath' is a required"),
+    (NIGHTLY, "CronJob", "spec.schedule", DROP, "'schedule' is a required property"),
+    (NIGHTLY, "CronJob", "spec.schedule", "daily at 2", "does not match"),
+    (NIGHTLY, "CronJob", f"{CRON_POD}.restartPolicy", "Always", "'Always' is not one of"),
+    (NIGHTLY, "Role", "rules.0.verbs", ["craete"], "'craete' is not one of"),
+    (NIGHTLY, "RayJob", "spec.shutdownAfterJobFinishes", "->shutdownAfterJobFinish", "unexpected"),
+    (NIGHTLY, "ConfigMap", "kind", "Secret", "'Secret' is not one of"),
+])
+def test_schema_rejects_broken_manifest(file, kind, path, value, expected):
+    doc = find(load_manifests(KUBERAY_DIR / file), kind)
+    mutate(doc, path, value)
+    assert any(expected in e for e in schema_errors([doc])), schema_errors([doc])
+    with pytest.raises(jsonschema.ValidationError):
+        MANIFEST_VALIDATOR.validate(doc)
+
+
+# ---------------------------------------------------------------- project rules
+def cluster_specs(doc: dict) -> list[dict]:
+    spec = doc.get("spec", {})
+    return {"RayCluster": [spec], "RayJob": [spec.get("rayClusterSpec", {})]}.get(doc["kind"], [])
+
+
+def ray_containers(doc: dict) -> Iterator[tuple[str, dict, dict]]:
+    """(where, container, cluster) of each Ray process: head, workers, autoscaler, submitter."""
+    for cluster in cluster_specs(doc):
+        for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
+            pod = group["template"]["spec"]
+            yield group.get("groupName", "head"), pod["containers"][0], cluster
+        if cluster.get("enableInTreeAutoscaling"):
+            autoscaler = {"image": CPU_IMAGE, **cluster.get("autoscalerOptions", {})}
+            yield "autoscaler", autoscaler, cluster
+        if "submitterPodTemplate" in doc["spec"]:
+            yield "submitter", doc["spec"]["submitterPodTemplate"]["spec"]["containers"][0], cluster
+
+
+def containers(tree) -> Iterator[dict]:
+    for key, value in tree.items() if isinstance(tree, dict) else enumerate(tree):
+        if key in ("containers", "initContainers"):
+            yield from value
+        elif isinstance(value, dict | list):
+            yield from containers(value)
 
 
 def gpus(container: dict) -> tuple[int, int]:
-    resources = container.get("resources") or {}
-    return (
-        int((resources.get("requests") or {}).get(GPU, 0)),
-        int((resources.get("limits") or {}).get(GPU, 0)),
-    )
+    res = container.get("resources", {})
+    return int(res.get("requests", {}).get(GPU, 0)), int(res.get("limits", {}).get(GPU, 0))
 
 
-def container_problems(where: str, container: dict, *, ray_node: bool) -> list[str]:
+def env(container: dict, name: str) -> dict:
+    return next((e for e in container.get("env", []) if e["name"] == name), {})
+
+
+def container_problems(doc: dict) -> list[str]:
+    """Pinned images (the pinned Ray image on Ray processes and GPUs); secrets never literal."""
+    problems = [f"rayVersion {c.get('rayVersion')!r} != {RAY_VERSION}"
+                for c in cluster_specs(doc) if c.get("rayVersion") != RAY_VERSION]
+    for c in containers(doc):
+        image, (requested, limited) = c.get("image", ""), gpus(c)
+        if not re.fullmatch(r"[^:]+:[\w.-]+", image) or image.endswith(":latest"):
+            problems.append(f"{c['name']}: image {image!r} has no pinned tag")
+        if requested != limited or (limited and image != GPU_IMAGE):
+            problems.append(f"{c['name']}: {GPU} needs requests == limits and image {GPU_IMAGE}")
+        problems += [f"{c['name']}: {e['name']} is a literal; use valueFrom.secretKeyRef"
+                     for e in c.get("env", []) if e["name"] in SECRET_ENV_VARS and "value" in e]
+    return problems + [f"{where}: image {c['image']!r} must be {CPU_IMAGE} or {GPU_IMAGE}"
+                       for where, c, _ in ray_containers(doc)
+                       if c["image"] not in {CPU_IMAGE, GPU_IMAGE}]
+
+
+def cluster_problems(doc: dict) -> list[str]:
+    """Token auth on every Ray process, S3 settings from a Secret, in-cluster head, sizes."""
     problems = []
-    image = container.get("image", "")
-    if not container.get("name") or not image:
-        problems.append(f"{where}: container needs a name and an image")
-    if image not in {CPU_IMAGE, GPU_IMAGE} and (ray_node or image.startswith("rayproject/")):
-        problems.append(f"{where}: image {image!r} must be {CPU_IMAGE} or {GPU_IMAGE}")
-    if ":" not in image or image.endswith(":latest"):
-        problems.append(f"{where}: image {image!r} has no pinned tag")
-    requested, limited = gpus(container)
-    if requested != limited:
-        problems.append(f"{where}: {GPU} requests {requested} != limits {limited}")
-    if limited and image != GPU_IMAGE:
-        problems.append(f"{where}: GPU container must use image {GPU_IMAGE}, not {image!r}")
-    for entry in container.get("env") or []:
-        if entry.get("name") in SECRET_ENV_VARS and "value" in entry:
-            problems.append(f"{where}: {entry['name']} is a literal; use valueFrom.secretKeyRef")
-    return problems + (auth_env_problems(where, container) if ray_node else [])
-
-
-def auth_env_problems(where: str, container: dict) -> list[str]:
-    """RAY_AUTH_MODE=token set explicitly, and the token itself from a Secret."""
-    mode = env_entry(container, "RAY_AUTH_MODE")
-    if mode is None or mode.get("value") != "token":
-        return [f"{where}: env must set RAY_AUTH_MODE=token explicitly"]
-    token = env_entry(container, "RAY_AUTH_TOKEN")
-    if token is None or "secretKeyRef" not in (token.get("valueFrom") or {}):
-        return [f"{where}: RAY_AUTH_TOKEN must come from valueFrom.secretKeyRef"]
-    return []
-
-
-def pod_problems(
-    where: str, template: Any, *, ray_pod: bool, object_storage: bool = False
-) -> list[str]:
-    """Checks a pod template; in a Ray pod the first container is the Ray one (KubeRay's rule)."""
-    spec = template.get("spec") if isinstance(template, dict) else None
-    if not isinstance(spec, dict) or not spec.get("containers"):
-        return [f"{where}: template.spec.containers is missing or empty"]
-    ray_container = spec["containers"][0] if ray_pod else None
-    problems = []
-    for c in spec.get("initContainers", []) + spec["containers"]:
-        problems += container_problems(f"{where}/{c.get('name')}", c, ray_node=c is ray_container)
-    if object_storage and not any(
-        "secretRef" in source for source in ray_container.get("envFrom") or []
-    ):
-        problems.append(f"{where}: object-storage settings must come from envFrom.secretRef")
+    for where, c, cluster in ray_containers(doc):
+        secret = cluster.get("authOptions", {}).get("secretName")
+        if cluster.get("authOptions", {}).get("mode") != "token" or not secret:
+            problems.append(f"{where}: authOptions must be {{mode: token, secretName: ...}}")
+        if env(c, "RAY_AUTH_MODE").get("value") != "token":
+            problems.append(f"{where}: env must set RAY_AUTH_MODE=token")
+        if env(c, "RAY_AUTH_TOKEN").get("valueFrom", {}).get("secretKeyRef", {}).get(
+                "name") != secret:
+            problems.append(f"{where}: RAY_AUTH_TOKEN must come from Secret {secret}")
+        if where not in ("submitter", "autoscaler") and not any(
+                "secretRef" in s for s in c.get("envFrom", [])):
+            problems.append(f"{where}: object storage must come from envFrom.secretRef")
+    for cluster in cluster_specs(doc):
+        head = cluster["headGroupSpec"]
+        if head.get("serviceType", "ClusterIP") != "ClusterIP" or head.get("enableIngress"):
+            problems.append("head service must be ClusterIP without ingress")
+        problems += [f"{g['groupName']}: need minReplicas <= replicas <= maxReplicas"
+                     for g in cluster.get("workerGroupSpecs", []) if not
+                     g.get("minReplicas", 0) <= g.get("replicas", 0) <= g.get("maxReplicas", 0)]
     return problems
 
 
-def token_secrets(tree: Any) -> set[str]:
-    """Names of the Secrets that RAY_AUTH_TOKEN env entries anywhere in `tree` read."""
-    if isinstance(tree, list):
-        return {name for item in tree for name in token_secrets(item)}
-    if not isinstance(tree, dict):
-        return set()
-    if tree.get("name") == "RAY_AUTH_TOKEN" and "valueFrom" in tree:
-        return {((tree["valueFrom"] or {}).get("secretKeyRef") or {}).get("name", "")}
-    return {name for value in tree.values() for name in token_secrets(value)}
+@functools.cache
+def cli_command(script: str):
+    """The `wbc-ray` command that jobs/X.py runs: it calls `app(["<command>", *sys.argv[1:]])`."""
+    from wbc_ray.cli import app  # heavy (model registry): imported only when a RayJob is checked
+
+    name = re.search(r'app\(\["([\w-]+)"', (ROOT / script).read_text()).group(1)
+    return typer.main.get_command(app).commands[name]
 
 
-def token_secret_problems(where: str, tree: Any, cluster_spec: Any) -> list[str]:
-    """Every Ray container reads the one token Secret that authOptions names."""
-    expected = ((cluster_spec or {}).get("authOptions") or {}).get("secretName")
-    found = token_secrets(tree)
-    if expected and found != {expected}:
-        return [
-            f"{where}: RAY_AUTH_TOKEN must come from Secret {expected!r} only, got {sorted(found)}"
-        ]
-    return []
-
-
-def raycluster_spec_problems(where: str, spec: Any) -> list[str]:
-    if not isinstance(spec, dict):
-        return [f"{where}: RayCluster spec is missing"]
-    problems = []
-    if spec.get("rayVersion") != RAY_VERSION:
-        problems.append(f"{where}: rayVersion {spec.get('rayVersion')!r} != {RAY_VERSION}")
-    auth = spec.get("authOptions") or {}
-    if auth.get("mode") != "token" or not auth.get("secretName"):
-        # Without it the operator has no token for its own dashboard calls.
-        problems.append(f"{where}: authOptions must be {{mode: token, secretName: <Secret>}}")
-    head = spec.get("headGroupSpec")
-    if not isinstance(head, dict) or not isinstance(head.get("rayStartParams"), dict):
-        return problems + [f"{where}: headGroupSpec with rayStartParams is required"]
-    problems += pod_problems(
-        f"{where}/head", head.get("template"), ray_pod=True, object_storage=True
-    )
-    service_type = head.get("serviceType", "ClusterIP")
-    if service_type != "ClusterIP" or head.get("enableIngress"):
-        problems.append(
-            f"{where}: head service must be ClusterIP without ingress, got {service_type!r}"
-        )
-    groups = spec.get("workerGroupSpecs")
-    if not isinstance(groups, list) or not groups:
-        return problems + [f"{where}: workerGroupSpecs must be a non-empty list"]
-    for group in groups:
-        problems += worker_group_problems(f"{where}/{group.get('groupName')}", group)
-    if spec.get("enableInTreeAutoscaling"):
-        autoscaler = {
-            "name": "autoscaler",
-            "image": CPU_IMAGE,
-            **(spec.get("autoscalerOptions") or {}),
-        }
-        problems += auth_env_problems(f"{where}/autoscaler", autoscaler)
-    return problems
-
-
-def worker_group_problems(where: str, group: dict) -> list[str]:
-    problems = []
-    if not group.get("groupName") or not isinstance(group.get("rayStartParams"), dict):
-        problems.append(f"{where}: worker group needs groupName and rayStartParams")
-    sizes = [group.get(k) for k in ("minReplicas", "replicas", "maxReplicas")]
-    if not all(isinstance(n, int) for n in sizes) or not 0 <= sizes[0] <= sizes[1] <= sizes[2]:
-        problems.append(f"{where}: need 0 <= minReplicas <= replicas <= maxReplicas, got {sizes}")
-    return problems + pod_problems(where, group.get("template"), ray_pod=True, object_storage=True)
-
-
-def ray_gpus(spec: dict) -> list[tuple[dict, int]]:
-    """(worker group, GPUs per pod) for every worker group that has GPUs."""
-    result = []
-    for group in spec.get("workerGroupSpecs") or []:
-        containers = ((group.get("template") or {}).get("spec") or {}).get("containers") or []
-        per_pod = sum(gpus(c)[1] for c in containers)
-        if per_pod:
-            result.append((group, per_pod))
-    return result
-
-
-def train_gpu_problems(where: str, spec: dict, options: dict[str, str]) -> list[str]:
-    """The cluster holds exactly `--gpus` GPUs, in fixed-size groups."""
-    groups = ray_gpus(spec)
-    total = sum(group.get("replicas", 0) * per_pod for group, per_pod in groups)
-    problems = []
-    if str(total) != options.get("--gpus"):
-        problems.append(
-            f"{where}: worker GPUs add up to {total}, entrypoint asks "
-            f"--gpus {options.get('--gpus')}"
-        )
-    for group, _ in groups:
-        if not group.get("minReplicas") == group.get("replicas") == group.get("maxReplicas"):
-            problems.append(f"{where}/{group.get('groupName')}: GPU group must be fixed-size")
-    return problems
-
-
-def tune_gpu_problems(where: str, spec: dict, options: dict[str, str]) -> list[str]:
-    per_trial = int(options.get("--gpus-per-trial", "0"))
-    groups = ray_gpus(spec)
-    if not groups or any(per_pod < per_trial for _, per_pod in groups):
-        return [f"{where}: every GPU pod needs >= --gpus-per-trial {per_trial} GPUs"]
-    return []
-
-
-GPU_RULES: dict[str, Callable[[str, dict, dict[str, str]], list[str]]] = {
-    "jobs/train.py": train_gpu_problems,
-    "jobs/tune.py": tune_gpu_problems,
-}
-
-
-def runtime_env_problems(where: str, runtime_env_yaml: str) -> list[str]:
-    # In K8sJobMode the submitter pod runs `ray job submit` through a shell, so a
-    # `$` here would be expanded there, not on the Ray nodes.
-    if "$" in runtime_env_yaml:
-        return [f"{where}: runtimeEnvYAML must not contain '$' (the submitter shell expands it)"]
+def job_problems(doc: dict) -> list[str]:
+    """The job script accepts the entrypoint's options; the cluster fits its GPU options."""
+    if doc["kind"] != "RayJob":
+        return []
+    spec, tokens = doc["spec"], shlex.split(doc["spec"].get("entrypoint", ""))
+    if tokens[:1] != ["python"] or len(tokens) < 2 or tokens[1] not in ENTRYPOINT_OPTIONS:
+        return [f"entrypoint is not `python <one of {sorted(ENTRYPOINT_OPTIONS)}> ...`"]
+    script, args = tokens[1], tokens[2:]
     try:
-        runtime_env = yaml.safe_load(runtime_env_yaml or "{}") or {}
-    except yaml.YAMLError as err:
-        return [f"{where}: runtimeEnvYAML is not valid YAML: {err}"]
-    version = PYPROJECT["project"]["version"]
-    problems = []
-    if not re.fullmatch(
-        rf"s3://[^/]+/.+/wbc-ray-{re.escape(version)}\.zip", str(runtime_env.get("working_dir"))
-    ):
-        problems.append(f"{where}: working_dir must be an s3:// wbc-ray-{version}.zip archive")
-    if runtime_env.get("pip") != runtime_env_pip():
-        problems.append(
-            f"{where}: runtime_env pip must equal pyproject's dependencies "
-            f"without ray: {runtime_env_pip()}"
-        )
-    return problems
-
-
-def rayjob_problems(where: str, doc: dict) -> list[str]:
-    spec = doc.get("spec") or {}
-    entrypoint = spec.get("entrypoint")
-    if not isinstance(entrypoint, str) or not entrypoint.strip():
-        return [f"{where}: spec.entrypoint is required"]
-    problems = raycluster_spec_problems(f"{where}/rayClusterSpec", spec.get("rayClusterSpec"))
-    problems += token_secret_problems(where, spec, spec.get("rayClusterSpec"))
-    if "$" in entrypoint:
-        problems.append(
-            f"{where}: entrypoint must not contain '$' (the submitter shell expands it)"
-        )
-    try:
-        script, options = parse_entrypoint(entrypoint)
-    except ValueError as err:
-        return problems + [f"{where}: {err}"]
-    if script not in ENTRYPOINT_OPTIONS:
-        return problems + [f"{where}: {script!r} is not one of {sorted(ENTRYPOINT_OPTIONS)}"]
-    missing = ENTRYPOINT_OPTIONS[script] - options.keys()
-    if missing:
-        problems.append(f"{where}: {script} is missing options {sorted(missing)}")
-    if script in GPU_RULES and isinstance(spec.get("rayClusterSpec"), dict):
-        problems += GPU_RULES[script](where, spec["rayClusterSpec"], options)
-    problems += runtime_env_problems(where, spec.get("runtimeEnvYAML", ""))
-    if spec.get("submitterPodTemplate") is not None:
-        # The submitter runs `ray job submit`: a Ray image and the token, no object storage.
-        problems += pod_problems(f"{where}/submitter", spec["submitterPodTemplate"], ray_pod=True)
+        options = cli_command(script).make_context(script, list(args)).params
+    except typer.TyperException as err:
+        return [f"{script} rejects {args}: {err}"]
+    given = {a.partition("=")[0] for a in args}
+    problems = [f"{script} is missing {o}" for o in sorted(ENTRYPOINT_OPTIONS[script] - given)]
+    # In K8sJobMode the submitter pod runs `ray job submit` through a shell, which expands `$`.
+    if "$" in spec["entrypoint"] + spec.get("runtimeEnvYAML", ""):
+        problems.append("entrypoint and runtimeEnvYAML must not contain '$'")
+    runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}")
+    archive = f"wbc-ray-{PYPROJECT['project']['version']}.zip"
+    if not re.fullmatch(rf"s3://.+/{re.escape(archive)}", str(runtime_env.get("working_dir"))):
+        problems.append(f"runtime_env working_dir must be an s3:// {archive}")
+    wanted = [d for d in PYPROJECT["project"]["dependencies"] if not d.startswith("ray[")]
+    if (pip := runtime_env.get("pip") or []) != wanted:
+        problems.append(f"runtime_env pip must be pyproject's dependencies without ray: missing "
+                        f"{[d for d in wanted if d not in pip]}, extra "
+                        f"{[d for d in pip if d not in wanted]}")
     if spec.get("shutdownAfterJobFinishes") is not True:
-        problems.append(f"{where}: shutdownAfterJobFinishes must be true (no idle GPU clusters)")
+        problems.append("shutdownAfterJobFinishes must be true (no idle GPU clusters)")
+    groups = [(g, n) for g in spec["rayClusterSpec"].get("workerGroupSpecs", [])
+              if (n := gpus(g["template"]["spec"]["containers"][0])[1])]
+    fixed = all(len({g.get(k) for k in ("minReplicas", "replicas", "maxReplicas")}) == 1
+                for g, _ in groups)
+    if script == "jobs/train.py" and not (
+            fixed and sum(g.get("replicas", 0) * n for g, n in groups) == options["gpus"]):
+        problems.append(f"fixed-size GPU groups must add up to --gpus {options['gpus']}")
+    if script == "jobs/tune.py" and min([n for _, n in groups] or [0]) < options["gpus_per_trial"]:
+        problems.append(f"every GPU pod needs >= --gpus-per-trial {options['gpus_per_trial']}")
     return problems
-
-
-def cronjob_problems(where: str, doc: dict) -> list[str]:
-    spec = doc.get("spec") or {}
-    problems = []
-    if not isinstance(spec.get("schedule"), str) or len(spec["schedule"].split()) != 5:
-        problems.append(f"{where}: spec.schedule must be a 5-field cron expression")
-    pod = (((spec.get("jobTemplate") or {}).get("spec") or {}).get("template")) or {}
-    problems += pod_problems(f"{where}/jobTemplate", pod, ray_pod=False)
-    if (pod.get("spec") or {}).get("restartPolicy") not in {"Never", "OnFailure"}:
-        problems.append(f"{where}: a Job pod needs restartPolicy Never or OnFailure")
-    return problems
-
-
-def service_problems(where: str, doc: dict) -> list[str]:
-    service_type = (doc.get("spec") or {}).get("type", "ClusterIP")
-    if service_type in {"LoadBalancer", "NodePort"}:
-        return [f"{where}: Service type {service_type} exposes the cluster; use ClusterIP"]
-    return []
-
-
-def no_problems(where: str, doc: dict) -> list[str]:
-    return []
-
-
-KIND_CHECKS: dict[tuple[str, str], Callable[[str, dict], list[str]]] = {
-    ("ray.io/v1", "RayCluster"): lambda w, d: (
-        raycluster_spec_problems(w, d.get("spec"))
-        + token_secret_problems(w, d.get("spec"), d.get("spec"))
-    ),
-    ("ray.io/v1", "RayJob"): rayjob_problems,
-    ("batch/v1", "CronJob"): cronjob_problems,
-    ("v1", "Service"): service_problems,
-    ("v1", "ConfigMap"): no_problems,
-    ("v1", "ServiceAccount"): no_problems,
-    ("rbac.authorization.k8s.io/v1", "Role"): no_problems,
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"): no_problems,
-}
-
-
-def manifest_problems(doc: dict) -> list[str]:
-    meta = doc.get("metadata") or {}
-    where = f"{doc.get('kind')}/{meta.get('name') or meta.get('generateName')}"
-    check = KIND_CHECKS.get((doc.get("apiVersion"), doc.get("kind")))
-    if check is None:
-        return [
-            f"{where}: unknown apiVersion/kind {doc.get('apiVersion')}/{doc.get('kind')} "
-            "(Secrets are created with kubectl, never committed; no Ingress)"
-        ]
-    if not (meta.get("name") or meta.get("generateName")):
-        return [f"{where}: metadata.name or metadata.generateName is required"]
-    return check(where, doc)
 
 
 def wiring_problems(docs: list[dict]) -> list[str]:
-    """CronJob -> ServiceAccount -> RoleBinding -> Role (create rayjobs) -> ConfigMap."""
-    problems = []
-    names = {(d.get("kind"), (d.get("metadata") or {}).get("name")) for d in docs}
-    for cron in (d for d in docs if d.get("kind") == "CronJob"):
+    """CronJob -> ServiceAccount -> RoleBinding -> Role that creates rayjobs; its ConfigMap."""
+    names, problems = {(d["kind"], d["metadata"].get("name")) for d in docs}, []
+    for cron in (d for d in docs if d["kind"] == "CronJob"):
         pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         account = pod.get("serviceAccountName")
-        bindings = [
-            d
-            for d in docs
-            if d.get("kind") == "RoleBinding"
-            and any(
-                s.get("kind") == "ServiceAccount" and s.get("name") == account
-                for s in d.get("subjects", [])
-            )
-        ]
-        roles = [
-            d
-            for b in bindings
-            for d in docs
-            if d.get("kind") == "Role" and d["metadata"]["name"] == b["roleRef"]["name"]
-        ]
-        can_create = any(
-            "ray.io" in r.get("apiGroups", [])
-            and "rayjobs" in r.get("resources", [])
-            and "create" in r.get("verbs", [])
-            for role in roles
-            for r in role.get("rules", [])
-        )
-        if ("ServiceAccount", account) not in names or not can_create:
-            problems.append(
-                f"CronJob/{cron['metadata']['name']}: service account {account!r} "
-                "must exist and be bound to a Role that can create ray.io rayjobs"
-            )
-        for volume in pod.get("volumes", []):
-            config_map = (volume.get("configMap") or {}).get("name")
-            if config_map and ("ConfigMap", config_map) not in names:
-                problems.append(
-                    f"CronJob/{cron['metadata']['name']}: ConfigMap {config_map!r} "
-                    "is not defined in the same file"
-                )
+        roles = {b["roleRef"]["name"] for b in docs if b["kind"] == "RoleBinding"
+                 and {"kind": "ServiceAccount", "name": account} in b.get("subjects", [])}
+        rules = [r for d in docs if d["kind"] == "Role" and d["metadata"]["name"] in roles
+                 for r in d.get("rules", [])]
+        if ("ServiceAccount", account) not in names or not any(
+                "ray.io" in r.get("apiGroups", []) and "rayjobs" in r.get("resources", [])
+                and "create" in r["verbs"] for r in rules):
+            problems.append(f"service account {account!r} must exist and may create ray.io rayjobs")
+        problems += [f"ConfigMap {v['configMap']['name']!r} is not in the file"
+                     for v in pod.get("volumes", [])
+                     if "configMap" in v and ("ConfigMap", v["configMap"]["name"]) not in names]
     return problems
 
 
-def all_problems(docs: list[dict]) -> list[str]:
-    return [p for doc in docs for p in manifest_problems(doc)] + wiring_problems(docs)
+def project_problems(docs: list[dict]) -> list[str]:
+    rules = (container_problems, cluster_problems, job_problems)
+    return [p for doc in docs for rule in rules for p in rule(doc)] + wiring_problems(docs)
 
 
-def entrypoints(docs: list[dict]) -> Iterator[str]:
-    for doc in docs:
-        if doc.get("kind") == "RayJob":
-            yield parse_entrypoint(doc["spec"]["entrypoint"])[0]
+def test_ray_pin_matches_installed_ray():
+    assert f"ray[data,train,tune]=={RAY_VERSION}" in PYPROJECT["project"]["dependencies"]
 
 
-def train_gpus() -> int:
-    train = find(manifest("rayjob-train.yaml"), "RayJob")
-    return int(parse_entrypoint(train["spec"]["entrypoint"])[1]["--gpus"])
+@pytest.mark.parametrize("path", KUBERAY_MANIFESTS, ids=lambda p: p.name)
+def test_kuberay_manifest_follows_project_rules(path):
+    assert project_problems(load_manifests(path)) == []
 
 
-# --------------------------------------------------------------------------------------
-# Cluster-launcher configs: Ray's validation plus project rules
-# --------------------------------------------------------------------------------------
+def test_manifests_run_exactly_the_documented_job_scripts():
+    docs = [d for path in KUBERAY_MANIFESTS for d in load_manifests(path)]
+    used = {shlex.split(d["spec"]["entrypoint"])[1] for d in docs if d["kind"] == "RayJob"}
+    assert used == set(ENTRYPOINT_OPTIONS)
+    assert set(re.findall(r"python (jobs/\S+\.py)", (ROOT / "docs/CLUSTER.md").read_text())) == used
+    template = find(load_manifests(KUBERAY_DIR / NIGHTLY), "ConfigMap")["data"]["rayjob.yaml"]
+    assert f"name: wbc-ray-score-{RUN_DATE_PLACEHOLDER}" in template
+
+
+@pytest.mark.parametrize("file, kind, path, value, expected", [
+    (TRAIN, "RayJob", f"{WC}.image", GPU_IMAGE.replace(RAY_VERSION, "2.59.0"), "must be rayproj"),
+    (TRAIN, "RayJob", f"{WC}.image", CPU_IMAGE, f"needs requests == limits and image {GPU_IMAGE}"),
+    (TRAIN, "RayJob", f"{WC}.resources.requests", {GPU: "4"}, "needs requests == limits"),
+    (TRAIN, "RayJob", f"{W}.maxReplicas", 2, "fixed-size GPU groups"),
+    (TRAIN, "RayJob", f"{W}.replicas", 2, "must add up to --gpus 8"),
+    (TRAIN, "RayJob", f"{H}.serviceType", "LoadBalancer", "ClusterIP"),
+    (TRAIN, "RayJob", f"{SC}.env", [], "submitter: env must set RAY_AUTH_MODE=token"),
+    (TRAIN, "RayJob", f"{SC}.env.1.valueFrom.secretKeyRef.name", "other", "from Secret wbc-ray-"),
+    (TRAIN, "RayJob", "spec.rayClusterSpec.authOptions", DROP, "authOptions must be"),
+    (TRAIN, "RayJob", f"{WC}.env.0", {"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}, "a literal"),
+    (TRAIN, "RayJob", f"{WC}.envFrom", DROP, "envFrom.secretRef"),
+    (TRAIN, "RayJob", ENTRY, ("jobs/train.py", "jobs/train_v2.py"), "entrypoint is not"),
+    (TRAIN, "RayJob", ENTRY, ("--epochs 150", "--epochs many"), "jobs/train.py rejects"),
+    (TRAIN, "RayJob", ENTRY, ("--epochs 150", "--epoch 150"), "jobs/train.py rejects"),
+    (TRAIN, "RayJob", ENTRY, ("--epochs 150", ""), "missing --epochs"),
+    (TRAIN, "RayJob", "spec.shutdownAfterJobFinishes", False, "shutdownAfterJobFinishes"),
+    (TUNE, "RayJob", "spec.runtimeEnvYAML", ("torch==", "torch>="), "extra ['torch>=2.14.1']"),
+    (TUNE, "RayJob", ENTRY, ("--trials 32", "--trials 32 --name $USER"), "'$'"),
+    (TUNE, "RayJob", f"{WC}.resources", {}, "--gpus-per-trial 1"),
+    (RC, "RayCluster", "spec.autoscalerOptions.env", DROP, "autoscaler: env"),
+    (RC, "RayCluster", "spec.workerGroupSpecs.0.minReplicas", 3, "minReplicas <= replicas"),
+    (NIGHTLY, "RayJob", ENTRY, ("--input", "--inputs"), "jobs/nightly_score.py rejects"),
+    (NIGHTLY, "Role", "rules.0.verbs", ["get"], "may create ray.io rayjobs"),
+    (NIGHTLY, "CronJob", f"{CRON_POD}.volumes.0.configMap.name", "gone", "ConfigMap 'gone'"),
+    (NIGHTLY, "CronJob", f"{CRON_POD}.containers.0.image", "bitnami/kubectl", "no pinned tag"),
+])
+def test_project_rules_reject_broken_manifest(file, kind, path, value, expected):
+    docs = load_manifests(KUBERAY_DIR / file)
+    before = project_problems(docs)
+    mutate(find(docs, kind), path, value)
+    assert schema_errors(docs) == [], "the break must be one that only the project rules catch"
+    new_problems = [p for p in project_problems(docs) if p not in before]
+    assert any(expected in p for p in new_problems), new_problems
+
+
+@pytest.mark.parametrize("path", [*LAUNCHER_CONFIGS, *KUBERAY_MANIFESTS, ROOT / "docs/CLUSTER.md"],
+                         ids=lambda p: p.name)
+def test_no_literal_credentials(path):
+    assert not any(rx.search(path.read_text()) for rx in SECRET_LITERALS)
+
+
+def test_secret_scan_catches_literal_keys():
+    key_id, secret = "AKIA" + "Q" * 16, "wJalr" + "x" * 35  # built here: no key-shaped literal
+    for text in (key_id, f"aws_secret_access_key: {secret}",
+                 f'"AWS_SECRET_ACCESS_KEY": "{secret}"'):
+        assert any(rx.search(text) for rx in SECRET_LITERALS), text
+    assert not any(rx.search("--from-literal=AWS_SECRET_ACCESS_KEY=<your-secret-key>")
+                   for rx in SECRET_LITERALS)
+
+
+# ---------------------------------------------------------------- cluster-launcher configs
 @pytest.fixture
 def no_network(monkeypatch):
-    """Make any socket use fail, so that a validation that goes online cannot pass."""
-
+    """Any socket use fails, so a validation that goes online cannot pass."""
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access during config validation: {args!r}")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    for owner, name in [(socket.socket, "connect"), (socket, "create_connection"),
+                        (socket, "getaddrinfo")]:
+        monkeypatch.setattr(owner, name, refuse)
 
 
 def ray_validate(config: dict) -> dict:
-    """What `ray up` checks first: merge the provider defaults, then the JSON schema."""
+    """Merge the provider's packaged defaults.yaml, then Ray's JSON schema. The provider
+    bootstrap, which needs cloud credentials, is not part of it."""
     prepared = prepare_config(copy.deepcopy(config))
     validate_config(prepared)
     return prepared
 
 
-def load_launcher(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
-
-
-def identity_problems(config: dict) -> list[str]:
-    """Cloud identity comes from the machine (instance profile / service account)."""
-    provider = config["provider"]
-    if "gcp_credentials" in provider:
-        return ["provider.gcp_credentials embeds credentials; use a service account"]
-    workers = {
-        name: t
-        for name, t in config["available_node_types"].items()
-        if name != config["head_node_type"]
-    }
-    field = {"aws": "IamInstanceProfile", "gcp": "serviceAccounts"}[provider["type"]]
-    nodes = workers if provider["type"] == "gcp" else config["available_node_types"]
-    return [
-        f"node type {name}: node_config needs {field}"
-        for name, t in nodes.items()
-        if field not in t["node_config"]
-    ]
-
-
-def launcher_problems(config: dict, *, gpus_needed: int) -> list[str]:
+def launcher_problems(config: dict) -> list[str]:
     """Project rules on top of Ray's schema; `config` is the prepared (merged) config."""
-    problems = identity_problems(config)
-    docker = config.get("docker") or {}
-    if docker.get("head_image") != CPU_IMAGE or docker.get("worker_image") != GPU_IMAGE:
-        problems.append(f"docker images must be {CPU_IMAGE} (head) and {GPU_IMAGE} (workers)")
-    if "--env RAY_AUTH_MODE=token" not in docker.get("run_options", []):
-        problems.append("docker.run_options must set --env RAY_AUTH_MODE=token")
-    if not any(remote.endswith("/.ray/auth_token") for remote in config["file_mounts"]):
-        problems.append("file_mounts must ship the auth token to ~/.ray/auth_token")
-    node_types = config["available_node_types"]
-    if node_types[config["head_node_type"]]["resources"].get("CPU") != 0:
-        problems.append("the head node type must advertise CPU: 0 (no work on the head)")
-    if not any(
-        t["resources"].get("GPU", 0) >= gpus_needed and t["max_workers"] >= 1
-        for t in node_types.values()
-    ):
-        problems.append(f"no worker node type offers {gpus_needed} GPUs for `train --gpus`")
+    nodes, head, docker = config["available_node_types"], config["head_node_type"], config["docker"]
+    field = {"aws": "IamInstanceProfile", "gcp": "serviceAccounts"}[config["provider"]["type"]]
+    problems = [f"{name}: node_config needs {field} (identity from the machine)"
+                for name, t in nodes.items() if field not in t["node_config"]
+                and not (field == "serviceAccounts" and name == head)]
+    train = find(load_manifests(KUBERAY_DIR / TRAIN), "RayJob")["spec"]["entrypoint"]
+    gpus_needed = int(re.search(r"--gpus (\d+)", train).group(1))
     head_start = " ".join(config["head_start_ray_commands"])
-    if "--dashboard-host=127.0.0.1" not in head_start or "0.0.0.0" in head_start:
-        problems.append("the dashboard must listen on 127.0.0.1 (use `ray dashboard`)")
     wheel = f"wbc_ray-{PYPROJECT['project']['version']}-py3-none-any.whl"
-    for role in ("head_setup_commands", "worker_setup_commands"):
-        commands = " ; ".join(config[role])
-        if f"pip install --no-cache-dir /home/ray/wbc-ray-dist/{wheel}" not in commands:
-            problems.append(f"{role} must pip install {wheel}")
-        if "ray-wheels" in commands or "ray[default]" in commands:
-            problems.append(f"{role} reinstalls Ray over the pinned image")
-    return problems
+    setup = {role: " ; ".join(config[role]) for role in ("head_setup_commands",
+                                                         "worker_setup_commands")}
+    checks = {
+        "provider.gcp_credentials embeds credentials": "gcp_credentials" not in config["provider"],
+        f"docker images must be {CPU_IMAGE} (head) and {GPU_IMAGE} (workers)":
+            (docker.get("head_image"), docker.get("worker_image")) == (CPU_IMAGE, GPU_IMAGE),
+        "docker.run_options must set --env RAY_AUTH_MODE=token":
+            "--env RAY_AUTH_MODE=token" in docker.get("run_options", []),
+        "file_mounts must ship the auth token to ~/.ray/auth_token":
+            any(remote.endswith("/.ray/auth_token") for remote in config["file_mounts"]),
+        "the head node type must advertise CPU: 0": nodes[head]["resources"].get("CPU") == 0,
+        f"no worker node type offers the {gpus_needed} GPUs of `train --gpus`": any(
+            t["resources"].get("GPU", 0) >= gpus_needed and t["max_workers"]
+            for t in nodes.values()),
+        "the dashboard must listen on 127.0.0.1 (use `ray dashboard`)":
+            "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start,
+        **{f"{role} must pip install {wheel} and not reinstall Ray":
+           f"pip install --no-cache-dir /home/ray/wbc-ray-dist/{wheel}" in commands
+           and "ray-wheels" not in commands and "ray[default]" not in commands
+           for role, commands in setup.items()},
+    }
+    return problems + [problem for problem, ok in checks.items() if not ok]
 
 
 @pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
-def test_launcher_config_passes_ray_validation(path, no_network):
-    ray_validate(load_launcher(path))
+def test_launcher_config_passes_ray_validation_and_project_rules(path, no_network):
+    assert launcher_problems(ray_validate(yaml.safe_load(path.read_text()))) == []
+
+
+def mutate_launcher(config: dict, keys: tuple, value) -> None:
+    """`mutate`, once per worker node type where `keys` holds "{worker}"."""
+    workers = [n for n in config["available_node_types"] if n != config["head_node_type"]]
+    for worker in workers if "{worker}" in keys else [""]:
+        mutate(config, tuple(k.format(worker=worker) for k in keys), value)
+
+
+NODE = ("available_node_types", "{worker}")
 
 
 @pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
-def test_launcher_config_follows_project_rules(path):
-    prepared = ray_validate(load_launcher(path))
-    assert launcher_problems(prepared, gpus_needed=train_gpus()) == []
-
-
-def _rename_global_max_workers(config):
-    config["max_worker"] = config.pop("max_workers")
-
-
-def _rename_node_type_max_workers(config):
-    worker = next(
-        t for n, t in config["available_node_types"].items() if n != config["head_node_type"]
-    )
-    worker["max_worker"] = worker.pop("max_workers")
-
-
-def _head_type_not_defined(config):
-    config["head_node_type"] = "no-such-node-type"
-
-
-def _resources_not_integer(config):
-    next(iter(config["available_node_types"].values()))["resources"]["GPU"] = "eight"
-
-
-@pytest.mark.parametrize(
-    "break_config",
-    [
-        _rename_global_max_workers,
-        _rename_node_type_max_workers,
-        _head_type_not_defined,
-        _resources_not_integer,
-    ],
-)
-@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
-def test_broken_launcher_config_fails_ray_validation(path, break_config, no_network):
-    config = load_launcher(path)
-    break_config(config)
+@pytest.mark.parametrize("keys, value", [
+    (("max_workers",), "->max_worker"), (("head_node_type",), "no-such-node-type"),
+    ((*NODE, "max_workers"), "->max_worker"), ((*NODE, "resources", "GPU"), "eight"),
+])
+def test_broken_launcher_config_fails_ray_validation(path, keys, value, no_network):
+    config = yaml.safe_load(path.read_text())
+    mutate_launcher(config, keys, value)
     with pytest.raises((jsonschema.ValidationError, ValueError)):
         ray_validate(config)
 
 
-def _set(path: list, value) -> Callable[[dict], None]:
-    def mutate(config):
-        target = config
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = value
-
-    return mutate
-
-
-@pytest.mark.parametrize(
-    "mutate, expected",
-    [
-        (_set(["docker", "worker_image"], "rayproject/ray:2.59.0-py311-gpu"), "docker images"),
-        (_set(["docker", "run_options"], []), "RAY_AUTH_MODE"),
-        (
-            _set(["head_start_ray_commands"], ["ray start --head --dashboard-host=0.0.0.0"]),
-            "dashboard",
-        ),
-        (_set(["worker_setup_commands"], ["pip install wbc-ray"]), "pip install"),
-        (_set(["file_mounts"], {}), "auth token"),
-    ],
-)
 @pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
-def test_project_rules_reject_broken_launcher_config(path, mutate, expected):
-    prepared = ray_validate(load_launcher(path))
-    mutate(prepared)
-    problems = launcher_problems(prepared, gpus_needed=train_gpus())
-    assert any(expected in p for p in problems), problems
-
-
-@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
-def test_launcher_config_without_big_gpu_node_is_rejected(path):
-    prepared = ray_validate(load_launcher(path))
-    for node_type in prepared["available_node_types"].values():
-        node_type["resources"]["GPU"] = min(node_type["resources"].get("GPU", 0), 1)
-    problems = launcher_problems(prepared, gpus_needed=train_gpus())
-    assert any("GPUs for `train --gpus`" in p for p in problems), problems
-
-
-# --------------------------------------------------------------------------------------
-# KubeRay manifests
-# --------------------------------------------------------------------------------------
-def test_ray_pin_matches_installed_ray():
-    assert pinned_ray_version() == RAY_VERSION
-
-
-def test_every_expected_manifest_exists():
-    assert {p.name for p in KUBERAY_MANIFESTS} >= {
-        "raycluster.yaml",
-        "rayjob-train.yaml",
-        "rayjob-tune.yaml",
-        "nightly-score-cronjob.yaml",
-    }
-
-
-@pytest.mark.parametrize("path", KUBERAY_MANIFESTS, ids=lambda p: p.name)
-def test_kuberay_manifest_passes_structural_check(path):
-    assert all_problems(load_manifests(path)) == []
-
-
-@pytest.mark.parametrize("path", KUBERAY_MANIFESTS, ids=lambda p: p.name)
-def test_every_ray_image_is_pinned_to_installed_ray(path):
-    images = re.findall(r"image:\s*[\"']?(rayproject/\S+?)[\"']?\s*$", path.read_text(), re.M)
-    assert images, f"{path.name} names no rayproject image"
-    assert set(images) <= {CPU_IMAGE, GPU_IMAGE}
-
-
-def test_train_job_gpus_match_its_entrypoint():
-    job = find(manifest("rayjob-train.yaml"), "RayJob")
-    groups = ray_gpus(job["spec"]["rayClusterSpec"])
-    assert sum(g["replicas"] * per_pod for g, per_pod in groups) == train_gpus() == 8
-
-
-def test_nightly_cronjob_submits_the_scoring_rayjob():
-    docs = manifest("nightly-score-cronjob.yaml")
-    assert {d["kind"] for d in docs} >= {
-        "CronJob",
-        "ConfigMap",
-        "ServiceAccount",
-        "Role",
-        "RoleBinding",
-        "RayJob",
-    }
-    template = find(docs, "ConfigMap")["data"]["rayjob.yaml"]
-    assert f"name: wbc-ray-score-{RUN_DATE_PLACEHOLDER}" in template
-    assert list(entrypoints(docs)) == ["jobs/nightly_score.py"]
-
-
-def test_entrypoints_cover_exactly_the_three_job_scripts():
-    used = [s for path in KUBERAY_MANIFESTS for s in entrypoints(load_manifests(path))]
-    assert sorted(set(used)) == sorted(ENTRYPOINT_OPTIONS)
-    documented = set(re.findall(r"python (jobs/\S+\.py)", CLUSTER_DOC.read_text()))
-    assert documented == set(ENTRYPOINT_OPTIONS)
-
-
-@pytest.mark.parametrize(
-    "path", [*LAUNCHER_CONFIGS, *KUBERAY_MANIFESTS, CLUSTER_DOC], ids=lambda p: p.name
-)
-def test_no_literal_credentials(path):
-    assert secret_literal_problems(path.read_text()) == []
-
-
-def test_secret_scan_catches_literal_keys():
-    key_id = "AKIA" + "Q" * 16  # built here so no key-shaped literal sits in the repo
-    secret = "wJalr" + "x" * 35
-    assert secret_literal_problems(f"id: {key_id}")
-    assert secret_literal_problems(f"aws_secret_access_key: {secret}")
-    assert secret_literal_problems(f'"AWS_SECRET_ACCESS_KEY": "{secret}"')
-    assert not secret_literal_problems("--from-literal=AWS_SECRET_ACCESS_KEY=<your-secret-key>")
-
-
-# In-memory breakages of real manifests: each must be reported.
-def _worker_container(docs: list[dict], kind: str = "RayJob") -> dict:
-    doc = find(docs, kind)
-    spec = doc["spec"]["rayClusterSpec"] if kind == "RayJob" else doc["spec"]
-    return spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-
-
-def _head(docs: list[dict], kind: str = "RayJob") -> dict:
-    doc = find(docs, kind)
-    spec = doc["spec"]["rayClusterSpec"] if kind == "RayJob" else doc["spec"]
-    return spec["headGroupSpec"]
-
-
-def _wrong_image_tag(docs):
-    _worker_container(docs)["image"] = "rayproject/ray:2.59.0-py311-gpu"
-
-
-def _cpu_image_on_gpu_worker(docs):
-    _worker_container(docs)["image"] = CPU_IMAGE
-
-
-def _gpu_count_mismatch(docs):
-    group = find(docs, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
-    group.update(replicas=2, minReplicas=2, maxReplicas=2)
-
-
-def _gpu_requests_differ_from_limits(docs):
-    _worker_container(docs)["resources"]["requests"][GPU] = "4"
-
-
-def _load_balancer_head(docs):
-    _head(docs)["serviceType"] = "LoadBalancer"
-
-
-def _node_port_service(docs):
-    docs.append(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "dash"},
-            "spec": {"type": "NodePort", "ports": [{"port": 8265}]},
-        }
-    )
-
-
-def _committed_secret(docs):
-    docs.append(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "wbc-ray-s3"},
-            "stringData": {"AWS_ACCESS_KEY_ID": "x"},
-        }
-    )
-
-
-def _no_auth_mode_on_head(docs):
-    container = _head(docs)["template"]["spec"]["containers"][0]
-    container["env"] = [e for e in container["env"] if e["name"] != "RAY_AUTH_MODE"]
-
-
-def _no_auth_mode_on_submitter(docs):
-    submitter = find(docs, "RayJob")["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
-    submitter["env"] = [e for e in submitter["env"] if e["name"] != "RAY_AUTH_MODE"]
-
-
-def _literal_s3_key(docs):
-    _worker_container(docs)["env"].append({"name": "AWS_SECRET_ACCESS_KEY", "value": "x"})
-
-
-def _no_object_storage_secret(docs):
-    _worker_container(docs).pop("envFrom")
-
-
-def _unknown_job_script(docs):
-    job = find(docs, "RayJob")["spec"]
-    job["entrypoint"] = job["entrypoint"].replace("jobs/train.py", "jobs/train_v2.py")
-
-
-def _missing_option(docs):
-    job = find(docs, "RayJob")["spec"]
-    job["entrypoint"] = job["entrypoint"].replace("--epochs 150", "")
-
-
-def _dollar_in_runtime_env(docs):
-    find(docs, "RayJob")["spec"]["runtimeEnvYAML"] += "env_vars: {HOME_DIR: $HOME}\n"
-
-
-def _dependency_drift(docs):
-    job = find(docs, "RayJob")["spec"]
-    job["runtimeEnvYAML"] = job["runtimeEnvYAML"].replace('  - "torch==2.14.1"\n', "")
-
-
-def _missing_worker_groups(docs):
-    find(docs, "RayJob")["spec"]["rayClusterSpec"].pop("workerGroupSpecs")
-
-
-def _missing_ray_start_params(docs):
-    _head(docs).pop("rayStartParams")
-
-
-def _autoscaler_without_token(docs):
-    find(docs, "RayCluster")["spec"]["autoscalerOptions"].pop("env")
-
-
-def _no_auth_options(docs):
-    find(docs, "RayJob")["spec"]["rayClusterSpec"].pop("authOptions")
-
-
-def _submitter_token_from_other_secret(docs):
-    submitter = find(docs, "RayJob")["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
-    env_entry(submitter, "RAY_AUTH_TOKEN")["valueFrom"]["secretKeyRef"]["name"] = "other"
-
-
-def _cron_without_schedule(docs):
-    find(docs, "CronJob")["spec"].pop("schedule")
-
-
-def _cron_role_cannot_create(docs):
-    find(docs, "Role")["rules"][0]["verbs"] = ["get"]
-
-
-@pytest.mark.parametrize(
-    "file, mutate, expected",
-    [
-        ("rayjob-train.yaml", _wrong_image_tag, "image"),
-        ("rayjob-train.yaml", _cpu_image_on_gpu_worker, "GPU container must use"),
-        ("rayjob-train.yaml", _gpu_count_mismatch, "worker GPUs add up to 16"),
-        ("rayjob-train.yaml", _gpu_requests_differ_from_limits, "requests 4 != limits 8"),
-        ("rayjob-train.yaml", _load_balancer_head, "ClusterIP"),
-        ("rayjob-train.yaml", _node_port_service, "NodePort"),
-        ("rayjob-train.yaml", _committed_secret, "Secrets are created with kubectl"),
-        ("rayjob-train.yaml", _no_auth_mode_on_head, "RAY_AUTH_MODE"),
-        ("rayjob-train.yaml", _no_auth_mode_on_submitter, "submitter"),
-        ("rayjob-train.yaml", _no_auth_options, "authOptions"),
-        ("rayjob-train.yaml", _submitter_token_from_other_secret, "'other'"),
-        ("rayjob-train.yaml", _literal_s3_key, "AWS_SECRET_ACCESS_KEY is a literal"),
-        ("rayjob-train.yaml", _no_object_storage_secret, "envFrom.secretRef"),
-        ("rayjob-train.yaml", _unknown_job_script, "jobs/train_v2.py"),
-        ("rayjob-train.yaml", _missing_option, "--epochs"),
-        ("rayjob-train.yaml", _dollar_in_runtime_env, "'$'"),
-        ("rayjob-tune.yaml", _dependency_drift, "pyproject's dependencies"),
-        ("rayjob-tune.yaml", _missing_worker_groups, "workerGroupSpecs"),
-        ("rayjob-tune.yaml", _missing_ray_start_params, "rayStartParams"),
-        ("raycluster.yaml", _autoscaler_without_token, "autoscaler"),
-        ("nightly-score-cronjob.yaml", _cron_without_schedule, "schedule"),
-        ("nightly-score-cronjob.yaml", _cron_role_cannot_create, "create ray.io rayjobs"),
-        ("nightly-score-cronjob.yaml", _wrong_image_tag, "image"),
-    ],
-)
-def test_checker_rejects_broken_manifest(file, mutate, expected):
-    docs = manifest(file)
-    assert all_problems(docs) == []
-    mutate(docs)
-    problems = all_problems(docs)
+@pytest.mark.parametrize("keys, value, expected", [
+    (("docker", "worker_image"), GPU_IMAGE.replace(RAY_VERSION, "2.59.0"), "docker images"),
+    (("docker", "run_options"), [], "RAY_AUTH_MODE"),
+    (("head_start_ray_commands",), ["ray start --head --dashboard-host=0.0.0.0"], "dashboard"),
+    (("worker_setup_commands",), ["pip install wbc-ray"], "must pip install"),
+    (("file_mounts",), {}, "auth token"),
+    ((*NODE, "resources", "GPU"), 1, "GPUs of `train --gpus`"),
+])
+def test_project_rules_reject_broken_launcher_config(path, keys, value, expected):
+    prepared = ray_validate(yaml.safe_load(path.read_text()))
+    mutate_launcher(prepared, keys, value)
+    problems = launcher_problems(prepared)
     assert any(expected in p for p in problems), problems

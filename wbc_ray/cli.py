@@ -272,6 +272,27 @@ def demo(
 
 
 @app.command()
+def export(
+    *,
+    checkpoint: Checkpoint,
+    output: Annotated[str, typer.Option(help="Model file to write (local or s3://).")] = "model.onnx",
+    format: Annotated[Literal["onnx"], typer.Option("--format", help="Export format.")] = "onnx",
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Export a checkpoint for serving: uint8 images in, probabilities out, the preprocessing
+    spec in the model's metadata (checked with onnx.checker)."""
+
+    def go():
+        from wbc_ray.models import export as exporter
+        from wbc_ray.models.checkpoint import resolve_checkpoint
+
+        return exporter.export_onnx(resolve_checkpoint(checkpoint), output, opset=opset)
+
+    typer.echo(f"wrote {_run(verbose, go)} ({format})")
+
+
+@app.command()
 def models() -> None:
     """List the registered models with their input size."""
     from wbc_ray.models import get_spec
@@ -303,6 +324,55 @@ def data_audit(
         return audit.audit_split(data, split, groups, seed, output)
 
     typer.echo(_run(verbose, go).to_markdown())
+
+
+# ---------------------------------------------------------------- review (issue 17)
+
+review_app = typer.Typer(help="Review station: verify scored samples, sign them, export "
+                              "corrections for training.")
+app.add_typer(review_app, name="review")
+Scored = Annotated[str | None, typer.Option("--scored", help="Scoring output root (local or "
+                                            "s3://), as written by `wbc-ray score --output`.")]
+Fingerprint = Annotated[str | None, typer.Option(help="Checkpoint fingerprint to review "
+                                                 "(default: the newest run's).")]
+
+
+@review_app.callback(invoke_without_command=True)
+def review(
+    ctx: typer.Context,
+    *,
+    scored: Scored = None,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8765,
+    config: Config = None,
+    fingerprint: Fingerprint = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve the review pages: worklist, per-class galleries, sign-off (reference ranges from --config)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not scored:
+        raise typer.BadParameter("--scored is required", param_hint="--scored")
+    from wbc_ray.review.run import serve
+
+    _run(verbose, lambda: serve(scored, host=host, port=port, config=config,
+                                fingerprint=fingerprint, echo=typer.echo))
+
+
+@review_app.command("export")
+def review_export(
+    *,
+    scored: Annotated[str, typer.Option("--scored", help="Scoring output root (local or s3://).")],
+    output: Annotated[str, typer.Option(help="Manifest to write (.parquet or .csv) for `wbc-ray train --data`.")],
+    config: Config = None,
+    fingerprint: Fingerprint = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Write the reviewed labels of every signed sample as a training manifest (group = sample)."""
+    from wbc_ray.review.run import export
+
+    typer.echo(json.dumps(_run(verbose, lambda: export(scored, output, config=config,
+                                                       fingerprint=fingerprint)), indent=2))
 
 
 if __name__ == "__main__":
