@@ -84,10 +84,10 @@ def _message(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _start_ray(num_cpus: int | None = None) -> None:
+def _start_ray(num_cpus: int | None = None, verbose: bool = False) -> None:
     from wbc_ray.ray_session import init_ray
 
-    init_ray(num_cpus)
+    init_ray(num_cpus, verbose=_verbose(verbose))
 
 
 @app.command()
@@ -130,7 +130,7 @@ def train(
 
         cfg = load_run_config(config, overrides)
         preflight.check_train(cfg)
-        _start_ray()
+        _start_ray(verbose=verbose)
         return workflow.train(cfg)
 
     outcome = _run(verbose, go)
@@ -163,7 +163,7 @@ def evaluate(
         from wbc_ray.workflows import preflight
 
         resolved = preflight.check_evaluate(checkpoint, data, output)
-        _start_ray()
+        _start_ray(verbose=verbose)
         return workflow.evaluate(resolved, data, split, part, groups, output)
 
     m = _run(verbose, go)
@@ -206,7 +206,7 @@ def tune(
             from wbc_ray import storage
 
             storage.check_readable(cfg.data.data)
-        _start_ray(local_cpus(cfg.tune))  # logical CPUs: a trial's driver, workers and Data
+        _start_ray(local_cpus(cfg.tune), verbose)  # logical CPUs: a trial's driver, workers and Data
         return sweep.run_sweep(cfg)
 
     typer.echo(str(_run(verbose, go)))
@@ -244,7 +244,7 @@ def score(
         from wbc_ray.workflows import preflight
 
         cfg = preflight.check_score(load_run_config(config, overrides).score)
-        _start_ray()
+        _start_ray(verbose=verbose)
         return pipeline.score(cfg, progress=progress)
 
     summary = _run(verbose, go)
@@ -264,7 +264,7 @@ def demo(
     def go():
         from wbc_ray.workflows import demo as workflow
 
-        _start_ray(num_cpus=4)  # logical CPUs: 2 train workers + Ray Data on 2 cores
+        _start_ray(4, verbose)  # logical CPUs: 2 train workers + Ray Data on 2 cores
         return workflow.run_demo(str(output), epochs=epochs, per_class=per_class,
                                  echo=typer.echo)
 

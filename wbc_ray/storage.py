@@ -14,7 +14,8 @@ from contextlib import contextmanager
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-# Environment variables that configure object storage; forwarded to Ray workers.
+# Environment variables that configure object storage. Only the non-secret ones travel to
+# Ray workers (ray_session.forwarded_env); credentials are resolved on each node.
 STORAGE_ENV_VARS = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",

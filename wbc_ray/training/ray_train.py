@@ -20,6 +20,7 @@ from ray.train.torch import TorchTrainer
 
 from wbc_ray import storage
 from wbc_ray.config import RunConfig, from_dict, to_dict
+from wbc_ray.console import say
 from wbc_ray.data.prepare import PreparedData
 from wbc_ray.models import build_model, get_spec
 from wbc_ray.models.checkpoint import (
@@ -138,10 +139,10 @@ def _gather_nodes(ctx) -> list[dict]:
 
 def _progress(row: dict, epochs: int, epoch_s: float) -> None:
     eta = (epochs - row["epoch"] - 1) * epoch_s
-    print(f"epoch {row['epoch'] + 1}/{epochs}  train loss {row['train_loss']:.4f} "
+    say(f"epoch {row['epoch'] + 1}/{epochs}  train loss {row['train_loss']:.4f} "
           f"acc {row['train_acc']:.3f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}  "
           f"{row['images_per_s']:.0f} img/s  ETA {eta / 60:.1f} min"
-          f"{'  *best*' if row['improved'] else ''}", flush=True)
+          f"{'  *best*' if row['improved'] else ''}")
 
 
 def _report(model, optimizer, meta, row, history, early, run_dir, rank, improved) -> None:

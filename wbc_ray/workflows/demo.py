@@ -43,10 +43,6 @@ def run_demo(root: str, epochs: int = 6, per_class: int = 120,
     cfg = demo_config(root, epochs, per_class)
     echo(f"[2/4] training paper_cnn with Ray Train on 2 CPU workers for {epochs} epochs")
     outcome = train(cfg)
-    for h in outcome.result.history:
-        echo(f"      epoch {h['epoch'] + 1}: train loss {h['train_loss']:.3f} acc "
-             f"{h['train_acc']:.3f} | val loss {h['val_loss']:.3f} acc {h['val_acc']:.3f} | "
-             f"{h['images_per_s']:.0f} img/s")
     m = outcome.test_metrics
     echo(f"[3/4] test accuracy {m['accuracy']:.3f}, macro F1 {m['macro']['f1']:.3f}")
     echo("[4/4] scoring a 3-slide archive to Parquet")
