@@ -14,6 +14,7 @@ $(BIN)/wbc-ray: pyproject.toml
 	touch $(BIN)/wbc-ray
 
 venv: $(BIN)/wbc-ray
+	sh scripts/install-browser.sh  # chromium + chromedriver for the review browser test
 
 ## 1. Create .venv, install, and run the whole product on the embedded synthetic data.
 demo: venv

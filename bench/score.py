@@ -39,10 +39,10 @@ from PIL import Image
 from wbc_ray.classes import PAPER_CLASSES
 from wbc_ray.config import ScoreConfig
 from wbc_ray.data.decode import decode_resize
-from wbc_ray.inference import CPU_CHUNK, Predictor
 from wbc_ray.models import build_model
 from wbc_ray.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from wbc_ray.models.paper_cnn import MaxPool2x2Stride1
+from wbc_ray.models.predictor import CPU_CHUNK, Predictor
 
 CORES = os.cpu_count() or 1
 BATCH = 256  # the plain script's batch and ScoreConfig's default

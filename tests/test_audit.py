@@ -18,7 +18,6 @@ from scipy.spatial.distance import cdist
 from sklearn.metrics import adjusted_rand_score
 
 from wbc_ray.classes import PAPER_CLASSES
-from wbc_ray.workflows.audit import audit_split
 from wbc_ray.data.audit import (
     NEAR_COPY_THRESHOLD,
     audit,
@@ -29,6 +28,7 @@ from wbc_ray.data.audit import (
 )
 from wbc_ray.data.sources import attach_groups, list_inputs
 from wbc_ray.data.splits import assign_splits
+from wbc_ray.workflows.audit import audit_split
 
 
 def _kaggle_root() -> Path:

@@ -195,3 +195,30 @@ def test_property_percentages_sum_to_100_and_intervals_contain_the_estimate(samp
             assert 0 <= row[f"{c}_ci_low"] <= row[f"{c}_pct"] <= row[f"{c}_ci_high"] <= 100
             assert (row[f"{c}_ci_low"] == 0) == (k == 0)
             assert (row[f"{c}_ci_high"] == 100) == (k == sum(counts))
+
+
+def test_samples_without_cells_get_a_zero_row_flagged_no_cells():
+    cells = make_cells({"s": {"NEUTROPHIL": 60, "LYMPHOCYTE": 30, "MONOCYTE": 6,
+                              "EOSINOPHIL": 4}})
+    out = differential(cells, PAPER_CLASSES, RANGES, min_cells=100, samples=["empty", "s"])
+    assert list(out["sample_id"]) == ["empty", "s"]
+    empty, full = one_row(out, "empty"), one_row(out, "s")
+    assert (empty["total_cells"], empty["needs_review"]) == (0, 0)
+    assert bool(empty["insufficient_count"]) is True
+    assert empty["flags"] == "no_cells"
+    for name in PAPER_CLASSES:
+        c = name.lower()
+        assert empty[f"{c}_count"] == 0 and empty[f"{c}_flag"] is None
+        assert pd.isna(empty[f"{c}_pct"]) and pd.isna(empty[f"{c}_ci_low"])
+        assert pd.isna(empty[f"{c}_ci_high"])
+    assert full["total_cells"] == 100 and full["flags"] == ""  # unchanged by the empty one
+    assert list(out.columns) == list(differential(cells, PAPER_CLASSES, RANGES, 100).columns)
+
+
+def test_only_empty_samples():
+    out = differential(make_cells({}), ["A", "B"], {"A": (0, 50)}, min_cells=0,
+                       samples=["x"])
+    row = one_row(out, "x")
+    assert row["total_cells"] == 0 and row["flags"] == "no_cells"
+    assert bool(row["insufficient_count"]) is False  # 0 < 0 is False: min_cells 0 asks none
+    assert row["a_flag"] is None

@@ -8,6 +8,7 @@ that is the sequence of nights the job lives through.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import ray.cloudpickle
 import torch
 from conftest import REPO, make_bucket
 
@@ -29,16 +31,21 @@ from wbc_ray.config import ScoreConfig
 from wbc_ray.data.decode import decode_resize
 from wbc_ray.models import build_model
 from wbc_ray.models.checkpoint import CheckpointMeta, fingerprint, save_checkpoint
+from wbc_ray.models.inputs import Normalise
+from wbc_ray.models.predictor import Predictor
 from wbc_ray.scoring.inputs import read_inputs, sample_id_problem
-from wbc_ray.scoring.pipeline import actor_resources, score, stale_samples
+from wbc_ray.scoring.pipeline import score
+from wbc_ray.scoring.plan import actor_resources, predictor_class
 from wbc_ray.scoring.publish import State, file_name
-from wbc_ray.training.loop import Normalise
+from wbc_ray.scoring.publisher import stale_samples
 
 DAY1, DAY2 = "2031-01-01", "2031-01-02"
 RANGES = ScoreConfig().reference_ranges
 KEY = ["sample_id", "cell_id"]
 PROBS = [f"p_{c.lower()}" for c in PAPER_CLASSES]
 MIN_CELLS = 10
+# The predictor classes below run in Ray workers, which cannot import this test module.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -104,9 +111,17 @@ def expected_flag(pct: float, low: float, high: float) -> str:
     return "low" if pct < low else "high" if pct > high else "normal"
 
 
-def check_differential(cells: pd.DataFrame, samples: pd.DataFrame, min_cells: int) -> None:
-    """The samples table agrees with counts made here from the cells table."""
+def check_differential(cells: pd.DataFrame, samples: pd.DataFrame, min_cells: int,
+                       empty: set[str] = frozenset()) -> None:
+    """The samples table agrees with counts made here from the cells table; the ``empty``
+    samples (no cell at all) have a zero row flagged ``no_cells``."""
     counts = cells.groupby("sample_id")["label"].value_counts().unstack(fill_value=0)
+    zero = samples[samples["total_cells"] == 0]
+    assert set(zero["sample_id"]) == set(empty) and not set(empty) & set(counts.index)
+    assert (zero["flags"] == "no_cells").all()
+    assert zero[[f"{c.lower()}_pct" for c in PAPER_CLASSES]].isna().all().all()
+    assert (zero["insufficient_count"] == (min_cells > 0)).all()
+    samples = samples[samples["total_cells"] > 0]
     assert sorted(samples["sample_id"]) == sorted(counts.index)
     for row in samples.itertuples(index=False):
         row = row._asdict()
@@ -150,9 +165,14 @@ def truncated_jpeg(src: Path) -> bytes:
     return data[: len(data) // 3]
 
 
+EMPTY = {"S4", "S5", "S6"}  # the archive's samples without a single cell
+
+
 @pytest.fixture(scope="module")
 def archive(kaggle, tmp_path_factory):
-    """3 samples x 20 real images (S1 partly in a subfolder) plus five unusable files."""
+    """3 samples x 20 real images (S1 partly in a subfolder) plus seven unusable files, and
+    three samples without a cell: only a corrupt image (S4), only a text file (S5), an empty
+    folder (S6, local only: object stores have no empty folders)."""
     root = tmp_path_factory.mktemp("archive") / "slides"
     images = kaggle_images(kaggle, 60)
     for i, src in enumerate(images):
@@ -165,9 +185,14 @@ def archive(kaggle, tmp_path_factory):
     (root / "S3" / "notes.txt").write_text("not a cell")
     (root / "S3" / "fake.png").write_text("text pretending to be a PNG")
     (root / "README.txt").write_text("an archive readme")
+    for sample in sorted(EMPTY):
+        (root / sample).mkdir()
+    (root / "S4" / "broken.jpeg").write_bytes(truncated_jpeg(images[1]))
+    (root / "S5" / "notes.txt").write_text("a slide without cells")
     bad = {("S1", "truncated.jpeg"): "unreadable image", ("S2", "empty.jpg"): "0 bytes",
            ("S3", "notes.txt"): "not an image file", ("S3", "fake.png"): "not an image",
-           ("", "README.txt"): "outside a sample folder"}
+           ("", "README.txt"): "outside a sample folder",
+           ("S4", "broken.jpeg"): "unreadable image", ("S5", "notes.txt"): "not an image file"}
     return root, 60, bad
 
 
@@ -217,7 +242,8 @@ def test_undecodable_file_names_are_rejected_not_fatal(tmp_path):
         f.write(b"x")
     got = read_inputs(str(tmp_path))
     assert got.records["cell_id"].tolist() == ["ok.jpg"]
-    assert got.rejected["reason"].tolist() == ["file name is not valid UTF-8"]
+    (reason,) = got.rejected["reason"]
+    assert reason.startswith("file name is not valid UTF-8")
     got.rejected["cell_id"].iloc[0].encode("utf-8")  # storable in Parquet
 
 
@@ -232,33 +258,95 @@ def test_stale_differentials_are_found():
     assert stale_samples(state) == {"A", "C", "D"}
 
 
-def test_job_script_builds_the_config():
-    sys.path.insert(0, str(REPO / "jobs"))
-    try:
-        from nightly_score import parse_args
-    finally:
-        sys.path.remove(str(REPO / "jobs"))
-    got, progress = parse_args(["--checkpoint", "s3://m/best", "--input", "s3://a",
-                                "--output", "s3://o", "--rescore", "--review-threshold", "0.7",
-                                "--min-cells", "50", "--run-date", DAY1, "--no-progress"])
-    assert got == ScoreConfig(checkpoint="s3://m/best", input="s3://a", output="s3://o",
-                              rescore=True, review_threshold=0.7, min_cells=50, run_date=DAY1)
-    assert progress is False
+def test_job_script_calls_score_with_the_cli_config(monkeypatch):
+    """jobs/nightly_score.py is `wbc-ray score`: same options, same library call."""
+    import runpy
+
+    seen = {}
+    monkeypatch.setattr("wbc_ray.workflows.preflight.check_score", lambda cfg: cfg)
+    monkeypatch.setattr("wbc_ray.ray_session.init_ray", lambda *a, **k: None)
+    monkeypatch.setattr("wbc_ray.scoring.pipeline.score",
+                        lambda cfg, **kw: seen.update(cfg=cfg, **kw) or {"status": "ok"})
+    monkeypatch.setattr(sys, "argv", [
+        "nightly_score.py", "--checkpoint", "s3://m/best", "--input", "s3://a", "--output",
+        "s3://o", "--rescore", "--review-threshold", "0.7", "--min-cells", "50", "--run-date",
+        DAY1, "--runtime", "onnx", "--no-progress"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(REPO / "jobs" / "nightly_score.py"), run_name="__main__")
+    assert done.value.code in (0, None)
+    assert seen["cfg"] == ScoreConfig(checkpoint="s3://m/best", input="s3://a", output="s3://o",
+                                      rescore=True, review_threshold=0.7, min_cells=50,
+                                      run_date=DAY1, runtime="onnx")
+    assert seen["progress"] is False
+
+
+def test_runtime_picks_the_predictor_class():
+    from wbc_ray.models.onnx_predictor import OnnxPredictor
+
+    assert predictor_class("torch") is Predictor
+    assert predictor_class("onnx") is OnnxPredictor
+    with pytest.raises(ValueError, match="tflite"):
+        predictor_class("tflite")
+
+
+def test_missing_checkpoint_or_input_fails_before_ray(archive, checkpoint, tmp_path):
+    import ray
+
+    root, _, _ = archive
+    was_up = ray.is_initialized()
+    missing = str(tmp_path / "no-such-checkpoint")
+    with pytest.raises(FileNotFoundError, match="no-such-checkpoint"):
+        score(cfg(missing, str(root), str(tmp_path / "out")), progress=False)
+    with pytest.raises(FileNotFoundError, match="no-such-archive"):
+        score(cfg(checkpoint, str(tmp_path / "no-such-archive"), str(tmp_path / "out")),
+              progress=False)
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(checkpoint, no_weights)
+    for f in no_weights.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="no-weights"):
+        score(cfg(str(no_weights), str(root), str(tmp_path / "out")), progress=False)
+    assert ray.is_initialized() == was_up  # nothing started Ray
+    assert not (tmp_path / "out").exists()  # and nothing was written
 
 
 # ---------------------------------------------------------------- local and S3 archives
 
-def test_cpu_decode_is_fused_into_the_model_actors(env, archive, checkpoint, tmp_path, capsys):
-    """The CPU layout's speed rests on Ray Data fusing decode into each model actor
-    (docs/PERFORMANCE.md): one operator, not decode tasks waiting for CPUs the actors hold."""
-    from wbc_ray.scoring import pipeline
+class SameProcessPredictor(Predictor):
+    """Quarantines every row that this model actor's process did not decode itself.
 
-    root, _, _ = archive
-    run = pipeline._start(cfg(checkpoint, str(root), str(tmp_path / "out")))
-    todo = read_inputs(str(root)).records
-    pipeline._scored_dataset(run, todo).explain()
-    optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
-    assert "MapBatches(decode_batch)->MapBatches(Predictor)" in optimized
+    Tags the decode's output with its pid (in this process only: the patch is made in the
+    actor); a row decoded elsewhere arrives untagged or with another pid."""
+
+    REASON = "decoded outside the model actor"
+
+    def __init__(self, checkpoint: str, **kwargs):
+        super().__init__(checkpoint, **kwargs)
+        import wbc_ray.data.dataset as dataset
+
+        class Tagged(dataset.DecodeBatch):
+            def __call__(self, batch):
+                return super().__call__(batch).assign(decode_pid=os.getpid())
+
+        dataset.DecodeBatch = Tagged
+
+    def __call__(self, batch):
+        pid = batch.pop("decode_pid", None)
+        out = super().__call__(batch)
+        same = np.zeros(len(out["error"]), bool) if pid is None else pid == os.getpid()
+        out["error"] = np.where(same, out["error"], self.REASON)
+        return out
+
+
+def test_cpu_decode_is_fused_into_the_model_actors(env, archive, checkpoint, tmp_path):
+    """The CPU layout's speed rests on Ray Data fusing decode into each model actor
+    (docs/PERFORMANCE.md): the actor's own process decodes the images it predicts, rather
+    than decode tasks waiting for CPUs the actors hold."""
+    root, n_images, bad = archive
+    out = str(tmp_path / "out")
+    summary = score(cfg(checkpoint, str(root), out), SameProcessPredictor, progress=False)
+    assert summary["counts"]["cells_written"] == n_images, read(out, "quarantine")["reason"]
+    assert SameProcessPredictor.REASON not in set(read(out, "quarantine")["reason"])
 
 
 def test_local_archive_reconciles(local_run, archive, checkpoint):
@@ -272,7 +360,8 @@ def test_local_archive_reconciles(local_run, archive, checkpoint):
     assert Path(summary["summary_uri"]).parent == Path(out) / "runs"
 
     cells = read(out, "cells")
-    on_disk = {str(p) for p in root.rglob("*.jpeg")} - {str(root / "S1" / "truncated.jpeg")}
+    on_disk = {str(p) for p in root.rglob("*.jpeg")} - {
+        str(root / "S1" / "truncated.jpeg"), str(root / "S4" / "broken.jpeg")}
     assert set(cells["uri"]) == on_disk and len(cells) == n_images
     assert set(cells["run_date"]) == {DAY1}
     assert (cells.groupby("sample_id").size() == n_images // 3).all()
@@ -281,7 +370,10 @@ def test_local_archive_reconciles(local_run, archive, checkpoint):
     assert cells["label"].nunique() >= 2, "fixture model should give varied labels"
     assert cells["needs_review"].any() and not cells["needs_review"].all()
 
-    check_differential(cells, read(out, "samples"), MIN_CELLS)
+    check_differential(cells, read(out, "samples"), MIN_CELLS, EMPTY)
+    assert counts["samples_seen"] == 3 + len(EMPTY)
+    assert counts["samples_without_cells"] == len(EMPTY)
+    assert counts["samples_written"] == 3 + len(EMPTY)
 
     q = read(out, "quarantine")
     assert len(q) == len(bad)
@@ -313,11 +405,12 @@ def test_s3_archive_matches_local(env, archive, checkpoint, local_run):
     for p in PROBS:
         np.testing.assert_allclose(both[f"{p}_s3"], both[f"{p}_local"], atol=1e-3)
     assert (both["checkpoint_fingerprint_s3"] == both["checkpoint_fingerprint_local"]).all()
-    check_differential(s3_cells, read(out, "samples"), MIN_CELLS)
+    check_differential(s3_cells, read(out, "samples"), MIN_CELLS, EMPTY - {"S6"})
 
     cols = ["sample_id", "total_cells", *[f"{c.lower()}_count" for c in PAPER_CLASSES], "flags"]
     s3_samples = read(out, "samples")[cols].sort_values("sample_id").reset_index(drop=True)
-    local_samples = read(local_out, "samples")[cols].sort_values("sample_id").reset_index(drop=True)
+    local_samples = read(local_out, "samples").query("sample_id != 'S6'")[cols] \
+        .sort_values("sample_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(s3_samples, local_samples)
     assert set(zip(read(out, "quarantine")["sample_id"], read(out, "quarantine")["cell_id"],
                    strict=True)) == set(bad)
@@ -332,6 +425,8 @@ def test_rerun_same_night_is_idempotent(local_run, archive, checkpoint):
     assert again["counts"]["cells_written"] == 0 and again["counts"]["quarantined"] == 0
     assert again["counts"]["already_scored"] == n_images
     assert again["counts"]["already_quarantined"] == len(bad)
+    assert again["counts"]["samples_written"] == 0  # the no_cells rows are not repeated
+    assert again["counts"]["samples_without_cells"] == len(EMPTY)
     assert parquet_files(out) == before  # nothing rewritten, nothing added
     assert len(read(out, "cells")) == n_images and len(read(out, "quarantine")) == len(bad)
 
@@ -351,14 +446,26 @@ def nightly(kaggle, tmp_path_factory):
     return root, str(out), images[24:]
 
 
+# A scoring driver that publishes one sample at a time, then waits: time to kill it between
+# two samples. argv: the ScoreConfig as JSON.
+SLOW_DRIVER = """
+import json, sys, time
+from wbc_ray.config import ScoreConfig
+from wbc_ray.ray_session import init_ray
+from wbc_ray.scoring.pipeline import PublishHooks, score
+init_ray()
+score(ScoreConfig(**json.loads(sys.argv[1])), progress=False,
+      hooks=PublishHooks(threads=1, after_sample=lambda sample_id: time.sleep(5)))
+"""
+
+
 def test_killed_run_loses_nothing_and_next_run_completes(env, nightly, checkpoint):
     root, out, _ = nightly
     samples_dir = Path(out) / "samples" / f"run_date={DAY1}"
-    job = [sys.executable, str(REPO / "jobs" / "nightly_score.py"), "--checkpoint", checkpoint,
-           "--input", str(root), "--output", out, "--run-date", DAY1,
-           "--min-cells", str(MIN_CELLS), "--no-progress"]
+    args = {"checkpoint": checkpoint, "input": str(root), "output": out, "run_date": DAY1,
+            "min_cells": MIN_CELLS}
+    job = [sys.executable, "-c", SLOW_DRIVER, json.dumps(args)]
     env_vars = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray
-    env_vars["WBC_RAY_SCORE_PUBLISH_DELAY_S"] = "5"  # time to kill it between two samples
     log = root.parent / "job.log"
     with open(log, "wb") as sink:
         proc = subprocess.Popen(job, cwd=REPO, env=env_vars, start_new_session=True,
@@ -500,7 +607,7 @@ def test_voc_fields_one_row_per_wbc_box(env, kaggle, checkpoint, tmp_path):
     assert "no WBC box" in q["BloodImage_00133"]
     assert "malformed annotation XML" in q["broken"]
     assert summary["counts"]["inputs_seen"] == len(expected) + 3
-    check_differential(cells, read(out, "samples"), 1)
+    check_differential(cells, read(out, "samples"), 1, set(q.index))  # fields without a cell
 
 
 # ---------------------------------------------------------------- manifests, hostile ids
@@ -542,23 +649,37 @@ def test_manifest_boxes_and_hostile_sample_ids(env, kaggle, checkpoint, tmp_path
 
 # ---------------------------------------------------------------- reconciliation can fail
 
-def test_lost_rows_fail_reconciliation(env, kaggle, checkpoint, tmp_path, monkeypatch):
-    import json
+class LosingPredictor(Predictor):
+    """Drops the first row of every batch, as a broken model runtime might."""
 
-    import wbc_ray.scoring.pipeline as pipeline
+    def __call__(self, batch):
+        return {k: v[1:] for k, v in super().__call__(batch).items()}
 
+
+def test_lost_rows_fail_reconciliation(env, kaggle, checkpoint, tmp_path):
     root = tmp_path / "archive" / "R1"
     root.mkdir(parents=True)
     for src in kaggle_images(kaggle, 3, offset=11):
         shutil.copy(src, root / src.name)
-    real = pipeline.split_rows
-    monkeypatch.setattr(pipeline, "split_rows", lambda rows: tuple(
-        part.iloc[1:] if i == 0 else part for i, part in enumerate(real(rows))))
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="does not reconcile"):
-        score(cfg(checkpoint, str(root.parent), str(out)), progress=False)
+        score(cfg(checkpoint, str(root.parent), str(out)), LosingPredictor, progress=False)
     (summary_file,) = (out / "runs").glob("*.json")
     summary = json.loads(summary_file.read_text())
     assert summary["status"] == "reconciliation_failed"
     check = summary["reconciliation"]
-    assert (check["inputs_seen"], check["accounted"], check["missing_in_outputs"]) == (3, 2, 1)
+    # R1 never became whole, so nothing of it was published
+    assert (check["inputs_seen"], check["accounted"], check["missing_in_outputs"]) == (3, 0, 3)
+    assert (check["rows_sent"], check["rows_received"]) == (3, 2)
+    assert check["examples_samples_without_row"] == ["R1"]
+
+
+def test_summary_records_the_resolved_config(local_run, checkpoint):
+    summary, out = local_run
+    (written,) = [json.loads(p.read_text()) for p in (Path(out) / "runs").glob("*.json")
+                  if json.loads(p.read_text())["started_at"] == summary["started_at"]]
+    config = written["config"]
+    assert config["run_date"] == DAY1 and config["review_threshold"] == 0.6
+    assert config["checkpoint"] == checkpoint and config["runtime"] == "torch"
+    assert ScoreConfig(**{**config, "reference_ranges": {
+        k: tuple(v) for k, v in config["reference_ranges"].items()}}).min_cells == MIN_CELLS

@@ -7,13 +7,14 @@ and low/normal/high flags against reference ranges.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
 FLAG_LOW, FLAG_NORMAL, FLAG_HIGH = "low", "normal", "high"
+FLAG_NO_CELLS = "no_cells"  # in ``flags``: a sample reported without any cell
 _ABNORMAL = (FLAG_LOW, FLAG_HIGH)
 _REQUIRED = ("sample_id", "label", "needs_review")
 
@@ -24,6 +25,7 @@ def differential(
     reference_ranges: Mapping[str, tuple[float, float]],
     min_cells: int,
     confidence: float = 0.95,
+    samples: Iterable[str] = (),
 ) -> pd.DataFrame:
     """Count each sample's cells by predicted class, with exact CIs and reference-range flags.
 
@@ -37,6 +39,10 @@ def differential(
     case), and finally ``flags``: the abnormal classes as ``"NEUTROPHIL high; EOSINOPHIL low"``,
     or ``""`` when none is. Percentages of a sample sum to 100; a class with no cells in a
     sample gets count 0.
+
+    ``samples``: sample ids to report even without any cell (a lab expects "sample X: 0
+    cells", not silence). Such a sample gets ``total_cells`` 0, percentages and intervals
+    NaN (there is no estimate), class flags None and ``flags`` = ``"no_cells"``.
 
     The interval is the Clopper-Pearson exact binomial interval at ``confidence``, in percent
     (``scipy.stats.binomtest(...).proportion_ci(method="exact")``); it is conservative and
@@ -52,21 +58,25 @@ def differential(
     """
     classes = list(classes)
     _check_args(cells, classes, reference_ranges, min_cells, confidence)
-    label = pd.Categorical(cells["label"], categories=classes)
-    by_sample = cells.assign(label=label).groupby("sample_id", sort=True)
-    counts = by_sample["label"].value_counts().unstack("label", fill_value=0)
-    counts = counts.reindex(columns=classes, fill_value=0).astype(np.int64)
+    ids = pd.Index(sorted(set(cells["sample_id"]) | set(samples)), name="sample_id")
+    row = pd.Categorical(cells["sample_id"], categories=ids).codes
+    col = pd.Categorical(cells["label"], categories=classes).codes
+    grid = np.zeros((len(ids), len(classes)), dtype=np.int64)
+    np.add.at(grid, (row, col), 1)
+    counts = pd.DataFrame(grid, index=ids, columns=classes)
     total = counts.sum(axis=1)
+    review = np.bincount(row, weights=cells["needs_review"].to_numpy(dtype=float),
+                         minlength=len(ids))
 
     out = pd.DataFrame(
         {
             "total_cells": total,
-            "needs_review": by_sample["needs_review"].sum().astype(np.int64),
+            "needs_review": pd.Series(review, index=ids).astype(np.int64),
             "insufficient_count": total < min_cells,
         }
     )
-    ci_low, ci_high = _clopper_pearson_pct(counts.to_numpy(), total.to_numpy(), confidence)
-    pct = counts.div(total, axis=0) * 100.0
+    ci_low, ci_high = _clopper_pearson_pct(grid, total.to_numpy(), confidence)
+    pct = counts.div(total.where(total > 0), axis=0) * 100.0  # NaN without cells
     flags = {}
     for j, name in enumerate(classes):
         prefix = name.lower()
@@ -75,7 +85,8 @@ def differential(
         out[f"{prefix}_ci_low"] = ci_low[:, j]
         out[f"{prefix}_ci_high"] = ci_high[:, j]
         out[f"{prefix}_flag"] = flags[name] = _flag(pct[name], reference_ranges.get(name))
-    out["flags"] = _summarise(pd.DataFrame(flags, index=out.index))
+    out["flags"] = _summarise(pd.DataFrame(flags, index=out.index)).where(
+        total > 0, FLAG_NO_CELLS)
     return out.reset_index()
 
 
@@ -115,6 +126,9 @@ def _clopper_pearson_pct(
     unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
     bounds = np.empty((len(unique), 2))
     for i, (k, n) in enumerate(unique):
+        if n == 0:  # no cells: no estimate, no interval
+            bounds[i] = np.nan, np.nan
+            continue
         ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
         bounds[i] = ci.low, ci.high
     bounds = bounds[inverse.ravel()].reshape(*counts.shape, 2) * 100.0
@@ -126,7 +140,7 @@ def _flag(pct: pd.Series, bounds: tuple[float, float] | None) -> pd.Series:
         return pd.Series([None] * len(pct), index=pct.index, dtype=object)
     low, high = bounds
     labels = np.select([pct < low, pct > high], [FLAG_LOW, FLAG_HIGH], default=FLAG_NORMAL)
-    return pd.Series(labels, index=pct.index, dtype=object)
+    return pd.Series(labels, index=pct.index, dtype=object).where(pct.notna(), None)
 
 
 def _summarise(flags: pd.DataFrame) -> pd.Series:

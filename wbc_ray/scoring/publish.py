@@ -28,8 +28,6 @@ latest night (``--rescore`` adds a newer one).
 from __future__ import annotations
 
 import hashlib
-import io
-import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -37,12 +35,11 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from wbc_ray import storage
+from wbc_ray.schema import KEY as SCHEMA_KEY
 
-KEY = ["sample_id", "cell_id"]
+KEY = list(SCHEMA_KEY)
 TABLES = ("cells", "quarantine", "samples")
 ROW_KEYS = {"cells": KEY, "quarantine": KEY, "samples": ["sample_id"]}  # one row per key
 _HIVE = pads.partitioning(pa.schema([("run_date", pa.string())]), flavor="hive")
@@ -74,38 +71,8 @@ class Layout:
         return storage.join(self.root, "runs", f"{run_date}-{stamp}-{uuid.uuid4().hex[:6]}.json")
 
 
-def to_parquet_bytes(df: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
-    table = pa.Table.from_pandas(df.reset_index(drop=True), schema=schema, preserve_index=False)
-    buf = io.BytesIO()
-    # microsecond timestamps: Spark cannot read Parquet's nanosecond ones by default
-    pq.write_table(table, buf, coerce_timestamps="us", allow_truncated_timestamps=True)
-    return buf.getvalue()
-
-
-def put_atomic(uri: str, data: bytes) -> None:
-    """Publish ``data`` at ``uri`` whole or not at all (module docs)."""
-    fs, path = storage.filesystem(uri)
-    if isinstance(fs, LocalFileSystem):
-        folder, name = os.path.split(path)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    else:  # one PUT (or one completed multipart upload): never a partial object
-        fs.pipe_file(path, data)
-
-
 def read_file(uri: str) -> pd.DataFrame:
-    fs, path = storage.filesystem(uri)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f).to_pandas()
+    return storage.read_parquet(uri)
 
 
 def merge_rows(existing: pd.DataFrame | None, new: pd.DataFrame,
