@@ -22,6 +22,7 @@ from wbc_ray.schema import MAX_PIXELS
 Split = Literal["paper", "official", "grouped", "all"]
 Precision = Literal["fp32", "bf16", "fp16"]
 SPLITS: tuple[str, ...] = typing.get_args(Split)
+KFOLD_SPLITS = ("paper", "grouped")  # splits that k-fold cross-validation can use
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 
 
@@ -51,10 +52,13 @@ class DataConfig:
     split: Split = "paper"  # paper: stratified random; official: folder split; grouped: by group
     fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)  # train / val / test
     seed: int = 0  # split seed; the same seed gives the same split
-    groups: str | None = None  # CSV with `path` (relative to data) and a group column
+    groups: str | None = None  # CSV with `path` (relative to data) and a group column, or
+    # "near-duplicates": one group per set of near-identical images (the audit's fingerprints)
     group_column: str = "best_original"  # the group column in `groups`
     limit_per_class: int | None = None  # keep at most N images per class (quick runs, tests)
     cache: str | None = None  # URI for decoded uint8 Parquet shards; reused across runs
+    folds: int | None = None  # k-fold cross-validation (split paper or grouped): k
+    fold: int = 0  # the test fold, 0..folds-1
     max_pixels: int = MAX_PIXELS  # larger images are quarantined as decompression bombs
 
     def __post_init__(self):
@@ -65,7 +69,10 @@ class DataConfig:
                           "three non-negative fractions (train, val, test) summing to 1"),
                limit_per_class=(self.limit_per_class is None or self.limit_per_class >= 1,
                                 ">= 1"),
-               max_pixels=(self.max_pixels >= 1, ">= 1"))
+               max_pixels=(self.max_pixels >= 1, ">= 1"),
+               folds=(self.folds is None or (self.folds >= 2 and self.split in KFOLD_SPLITS),
+                      f">= 2, with split one of {list(KFOLD_SPLITS)}"),
+               fold=(0 <= self.fold < (self.folds or 1), "in [0, folds)"))
 
 
 @dataclass(frozen=True)

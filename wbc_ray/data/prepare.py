@@ -10,12 +10,14 @@ import ray
 
 from wbc_ray.classes import resolve_classes
 from wbc_ray.config import DataConfig
+from wbc_ray.data.audit import compute_fingerprints, near_duplicate_groups, near_pairs
 from wbc_ray.data.dataset import from_cache_or_decode, split_errors
 from wbc_ray.data.sources import Listing, attach_groups, find_groups_file, list_inputs
 from wbc_ray.data.splits import assign_splits
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+NEAR_DUPLICATES = "near-duplicates"  # DataConfig.groups: group by near-identical images
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,9 @@ def list_labelled(cfg: DataConfig) -> tuple[tuple[str, ...], Listing]:
     classes = resolve_classes(cfg.classes)
     listing = list_inputs(cfg.data, classes)
     groups = cfg.groups or find_groups_file(cfg.data)
-    if groups:
+    if groups == NEAR_DUPLICATES:
+        listing = near_duplicate_listing(listing)
+    elif groups:
         listing = attach_groups(listing, groups, cfg.group_column)
     if listing.records["label"].isna().any():
         raise ValueError(f"{cfg.data}: training and evaluation need a label for every image")
@@ -48,15 +52,38 @@ def list_labelled(cfg: DataConfig) -> tuple[tuple[str, ...], Listing]:
     return classes, listing
 
 
+def split_records(cfg: DataConfig, listing: Listing):
+    """The listing's records with the ``split`` column ``cfg`` asks for (see ``splits``)."""
+    return assign_splits(listing.records, cfg.split, tuple(cfg.fractions), cfg.seed,
+                         folds=cfg.folds, fold=cfg.fold)
+
+
+def near_duplicate_listing(listing: Listing) -> Listing:
+    """``listing`` with a ``group`` per image: connected sets of near-identical images (the
+    audit's rotation/flip-invariant fingerprints) share one; every other image is its own.
+    For sets without patient or slide ids (LISC crops: one photo can yield several crops)."""
+    rec = listing.records.copy()
+    fps, errors = compute_fingerprints(rec["uri"])
+    bad = [(u, e) for u, e in zip(rec["uri"], errors, strict=True) if e]
+    if bad:
+        raise ValueError(f"near-duplicate groups: {len(bad)} images could not be "
+                         f"fingerprinted, e.g. {bad[0][0]}: {bad[0][1]}")
+    i, j, _ = near_pairs(fps)
+    rec["group"] = [f"dup-{g}" for g in near_duplicate_groups(len(rec), i, j)]
+    log.info("near-duplicate groups: %d images in %d groups", len(rec), rec["group"].nunique())
+    return Listing(rec, listing.rejected, listing.root)
+
+
 def prepare(cfg: DataConfig, size: int, preprocess: dict | None = None) -> PreparedData:
     """List, split, decode once (or read the cache), and separate bad inputs.
 
     ``preprocess``: the run's (or checkpoint's) preprocessing spec, applied at decode time.
     """
     classes, listing = list_labelled(cfg)
-    records = assign_splits(listing.records, cfg.split, tuple(cfg.fractions), cfg.seed)
+    records = split_records(cfg, listing)
     records["label_idx"] = records["label"].map({c: i for i, c in enumerate(classes)})
-    fingerprint = f"{listing.fingerprint()}-{cfg.split}-{cfg.seed}"
+    fold = f"-fold{cfg.fold}of{cfg.folds}" if cfg.folds else ""
+    fingerprint = f"{listing.fingerprint()}-{cfg.split}-{cfg.seed}{fold}"
     # Decoding does not depend on the split: the cache serves every split mode and seed.
     # Rows are shuffled once (fixed seed) so that no block holds a single class: listings
     # come sorted by folder, and training only reshuffles blocks plus a local buffer.

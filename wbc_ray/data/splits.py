@@ -5,6 +5,11 @@
 - ``official``: the folder split as given (TRAIN -> train/val, VAL -> val, TEST -> test).
 - ``grouped``: 70/20/10 by a group column (source original, patient, slide); no group
   crosses splits; stratified by label as far as the groups allow.
+
+With ``folds`` (k-fold cross-validation, ``paper`` or ``grouped``): fold ``fold`` of k
+stratified (and, for ``grouped``, group-disjoint) folds is the test part; validation is
+carved from the other folds the same way (by the fractions' train:val ratio), so every
+image is a test image in exactly one of the k runs.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from wbc_ray.config import KFOLD_SPLITS
 from wbc_ray.data.sources import SPLIT_NAMES
 
 Fractions = tuple[float, float, float]
@@ -41,11 +47,15 @@ def _stratified(df: pd.DataFrame, fractions: Fractions, seed: int) -> pd.Series:
     return out
 
 
+def _need_groups(df: pd.DataFrame) -> None:
+    if "group" not in df or df["group"].isna().any():
+        raise ValueError("grouped split needs a group for every image: pass --groups CSV, "
+                         "--groups near-duplicates, or a manifest with a 'group' column")
+
+
 def _grouped(df: pd.DataFrame, fractions: Fractions, seed: int) -> pd.Series:
     """Folds of StratifiedGroupKFold, dealt out to train/val/test by the fractions."""
-    if "group" not in df or df["group"].isna().any():
-        raise ValueError("grouped split needs a group for every image: pass --groups CSV or a "
-                         "manifest with a 'group' column")
+    _need_groups(df)
     n_groups = df["group"].nunique()
     # sklearn needs some class with at least n_folds members
     n_folds = min(20, n_groups, int(df["label"].value_counts().max()))
@@ -78,6 +88,27 @@ def _official(df: pd.DataFrame, fractions: Fractions, seed: int) -> pd.Series:
     return out.where(out.notna(), None)
 
 
+def _kfold(df: pd.DataFrame, mode: str, fractions: Fractions, seed: int, folds: int,
+           fold: int) -> pd.Series:
+    grouped = mode == "grouped"
+    if grouped:
+        _need_groups(df)
+    labels = df["label"]
+    if int(labels.value_counts().min()) < folds:
+        raise ValueError(f"{folds}-fold split needs at least {folds} images of every class; "
+                         f"counts: {labels.value_counts().to_dict()}")
+    splitter = (StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed) if grouped
+                else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
+    parts = list(splitter.split(df, labels, df["group"] if grouped else None))
+    rest_idx, test_idx = parts[fold]
+    out = pd.Series("test", index=df.index, dtype=object)
+    rest = df.iloc[rest_idx]
+    f = fractions[1] / (fractions[0] + fractions[1])
+    carve = _grouped if grouped else _stratified
+    out[rest.index] = carve(rest, (1 - f, f, 0.0), seed).replace({"test": "val"})
+    return out
+
+
 def _all_test(df: pd.DataFrame, fractions: Fractions, seed: int) -> pd.Series:
     """Evaluation of a separate labelled set: every image is a test image."""
     return pd.Series("test", index=df.index, dtype=object)
@@ -92,13 +123,20 @@ SPLITTERS: dict[str, Callable[[pd.DataFrame, Fractions, int], pd.Series]] = {
 
 
 def assign_splits(records: pd.DataFrame, mode: str, fractions: Fractions = (0.7, 0.2, 0.1),
-                  seed: int = 0) -> pd.DataFrame:
-    """Return ``records`` with a ``split`` column in {train, val, test, None (unused)}."""
+                  seed: int = 0, folds: int | None = None, fold: int = 0) -> pd.DataFrame:
+    """Return ``records`` with a ``split`` column in {train, val, test, None (unused)}.
+
+    ``folds``: k-fold cross-validation, ``fold`` (0..k-1) the test fold (module docs).
+    """
     _check(fractions)
+    if folds is not None and (mode not in KFOLD_SPLITS or folds < 2 or not 0 <= fold < folds):
+        raise ValueError(f"k-fold needs split in {KFOLD_SPLITS}, folds >= 2 and "
+                         f"0 <= fold < folds; got split={mode!r} folds={folds} fold={fold}")
     if mode not in SPLITTERS:
         raise ValueError(f"unknown split {mode!r}; choose one of {sorted(SPLITTERS)}")
     if records["label"].isna().any():
         raise ValueError("every image needs a label to be split for training")
     out = records.copy()
-    out["split"] = SPLITTERS[mode](out, fractions, seed)
+    out["split"] = (SPLITTERS[mode](out, fractions, seed) if folds is None
+                    else _kfold(out, mode, fractions, seed, folds, fold))
     return out

@@ -7,8 +7,7 @@ import json
 from wbc_ray import storage
 from wbc_ray.config import DataConfig
 from wbc_ray.data.audit import LEAKY_FRACTION, NEAR_COPY_THRESHOLD, AuditReport, audit
-from wbc_ray.data.prepare import list_labelled
-from wbc_ray.data.splits import assign_splits
+from wbc_ray.data.prepare import list_labelled, split_records
 
 
 def audit_split(data: str, split: str = "paper", groups: str | None = None, seed: int = 0,
@@ -22,7 +21,7 @@ def audit_split(data: str, split: str = "paper", groups: str | None = None, seed
     """
     cfg = DataConfig(data=data, classes=classes, split=split, groups=groups, seed=seed)
     _, listing = list_labelled(cfg)
-    records = assign_splits(listing.records, split, tuple(cfg.fractions), seed)
+    records = split_records(cfg, listing)
     report = audit(records, threshold=threshold, leaky_fraction=leaky_fraction)
     if output:
         storage.write_text(storage.join(output, "audit.json"),
