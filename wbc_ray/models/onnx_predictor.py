@@ -12,6 +12,7 @@ import numpy as np
 from wbc_ray import storage
 from wbc_ray.models.checkpoint import META, STATE, WEIGHTS, resolve_checkpoint
 from wbc_ray.models.export import INPUT, export_onnx, read_onnx_meta, require
+from wbc_ray.models.predictor import BatchPredictor
 
 ONNX_CACHE = os.path.join(tempfile.gettempdir(), "wbc-ray-onnx")
 
@@ -44,7 +45,7 @@ def default_threads() -> int:
         return 0
 
 
-class OnnxPredictor:
+class OnnxPredictor(BatchPredictor):
     """``map_batches`` class: ``image`` (N, S, S, 3) uint8 -> ``probs`` (N, C) float32.
 
     ``checkpoint``: a wbc-ray ``.onnx`` file (path or URI; meta read from its metadata) or
@@ -93,15 +94,6 @@ class OnnxPredictor:
         parts = [self.session.run(["probs"], {INPUT: x[i:i + step]})[0]
                  for i in range(0, len(x), step)]
         return np.concatenate(parts).astype(np.float32, copy=False)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = batch.pop("image")
-        ok = batch["error"] == "" if "error" in batch else np.ones(len(images), bool)
-        probs = np.full((len(images), len(self.meta.classes)), np.nan, dtype=np.float32)
-        if ok.any():
-            probs[ok] = self.predict(images[ok])
-        batch["probs"] = probs
-        return batch
 
 
 __all__ = ["OnnxPredictor", "cached_export", "is_onnx_file", "ONNX_CACHE"]

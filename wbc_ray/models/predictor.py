@@ -14,7 +14,26 @@ from wbc_ray.models.inputs import Normalise, autocast, best_precision
 CPU_CHUNK = 32
 
 
-class Predictor:
+class BatchPredictor:
+    """A Ray Data ``map_batches`` class: ``predict(images uint8 NHWC) -> probs (N, C)``
+    applied to the rows whose decode succeeded (``error == ""``); the others get NaN."""
+
+    meta = None  # the checkpoint's CheckpointMeta, set by the subclass
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = batch.pop("image")
+        ok = batch["error"] == "" if "error" in batch else np.ones(len(images), bool)
+        probs = np.full((len(images), len(self.meta.classes)), np.nan, dtype=np.float32)
+        if ok.any():
+            probs[ok] = self.predict(images[ok])
+        batch["probs"] = probs
+        return batch
+
+
+class Predictor(BatchPredictor):
     """``map_batches`` class: ``image`` (N, S, S, 3) uint8 -> ``probs`` (N, C) float32.
 
     Rows with a non-empty ``error`` column are passed through with NaN probabilities.
@@ -53,11 +72,3 @@ class Predictor:
             logits = torch.cat([self.model(x[i:i + step]) for i in range(0, len(x), step)])
         return logits.float().softmax(1).cpu().numpy()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = batch.pop("image")
-        ok = batch["error"] == "" if "error" in batch else np.ones(len(images), bool)
-        probs = np.full((len(images), len(self.meta.classes)), np.nan, dtype=np.float32)
-        if ok.any():
-            probs[ok] = self.predict(images[ok])
-        batch["probs"] = probs
-        return batch
