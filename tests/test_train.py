@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 
 import numpy as np
 import pytest
+import ray.cloudpickle
 
 from wbc_ray.config import load_run_config
 from wbc_ray.models.checkpoint import read_meta
 from wbc_ray.training.ray_train import TrainHooks
 from wbc_ray.workflows.train import train
+
+# The fault-injection hook below is defined here; Ray's workers cannot import test modules.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _cfg(kaggle, tmp_path, name, limit=200, **train):

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from wbc_ray.config import PRECISIONS, SPLITS, load_run_config
+from wbc_ray.config import PRECISIONS, SPLITS, TrackingConfig, load_run_config
 from wbc_ray.models import list_models
 
 app = typer.Typer(help="Distributed white-blood-cell image classification on Ray "
@@ -45,11 +45,17 @@ Split = Annotated[TrainSplit | None, typer.Option("--split",
 Classes = Annotated[str | None, typer.Option("--classes", help="paper (4 types), lisc (5, with "
                                              "BASOPHIL) or a comma list.")]
 Groups = Annotated[str | None, typer.Option("--groups", help="CSV mapping image path -> group "
-                                            "(source original, patient) for --split grouped.")]
+                                            "(source original, patient) for --split grouped, "
+                                            "or near-duplicates (group near-identical images).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks and Ray's own log "
                                        "lines (also WBC_RAY_VERBOSE=1).")]
 Checkpoint = Annotated[str, typer.Option(help="Run directory, checkpoint directory or its "
                                          "model.safetensors (local or s3://).")]
+TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI "
+                                                 "(default: MLFLOW_TRACKING_URI, else a local "
+                                                 "store beside the run: <output>/../mlruns).")]
+Track = Annotated[bool | None, typer.Option("--track/--no-track", help="Log the run to MLflow "
+                                            "(default: on; config: tracking.enabled).")]
 
 
 def _verbose(flag: bool) -> bool:
@@ -111,6 +117,8 @@ def train(
     cache: Annotated[str | None, typer.Option(help="URI for the decoded-image cache.")] = None,
     output: Annotated[str | None, typer.Option(help="Runs root: local path or s3://.")] = None,
     name: Annotated[str | None, typer.Option(help="Run name; rerun a name to resume it.")] = None,
+    tracking_uri: TrackingUri = None,
+    track: Track = None,
     config: Config = None,
     verbose: Verbose = False,
 ) -> None:
@@ -122,14 +130,17 @@ def train(
         "train": {"gpus": gpus, "workers": workers, "cpus_per_worker": cpus_per_worker,
                   "epochs": epochs, "batch_size": batch_size, "lr": lr, "precision": precision,
                   "patience": patience, "output": output, "name": name, "seed": seed},
+        "tracking": {"uri": tracking_uri, "enabled": track},
     }
 
     def go():
+        from wbc_ray import tracking
         from wbc_ray.workflows import preflight
         from wbc_ray.workflows import train as workflow
 
         cfg = load_run_config(config, overrides)
         preflight.check_train(cfg)
+        tracking.preflight(cfg.tracking)
         _start_ray(verbose=verbose)
         return workflow.train(cfg)
 
@@ -140,6 +151,50 @@ def train(
     if outcome.test_metrics:
         typer.echo(f"test accuracy: {outcome.test_metrics['accuracy']:.4f}  "
                    f"macro F1: {outcome.test_metrics['macro']['f1']:.4f}")
+
+
+@app.command()
+def cv(
+    *,
+    data: Data = None,
+    model: Annotated[ModelName | None, typer.Option(help="Model (see `wbc-ray models`).")] = None,
+    folds: Annotated[int, typer.Option(help="Number of folds (k).")] = 5,
+    split: Annotated[Literal["paper", "grouped"] | None, typer.Option(
+        help="paper: stratified folds; grouped: group-disjoint stratified folds.")] = None,
+    classes: Classes = None,
+    groups: Groups = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per fold.")] = None,
+    workers: Annotated[int | None, typer.Option(help="CPU workers (when no GPUs).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Fold and training seed.")] = None,
+    output: Annotated[str | None, typer.Option(help="Runs root: local path or s3://.")] = None,
+    name: Annotated[str | None, typer.Option(help="CV name; folds run as <name>-fold<k> and "
+                                             "resume.")] = None,
+    config: Config = None,
+    verbose: Verbose = False,
+) -> None:
+    """k-fold cross-validation: one training run per fold, pooled test metrics (cv.md)."""
+    overrides = {
+        "data": {"data": data, "split": split, "classes": classes, "groups": groups,
+                 "seed": seed, "folds": folds},
+        "model": {"name": model},
+        "train": {"epochs": epochs, "workers": workers, "output": output, "name": name,
+                  "seed": seed},
+    }
+
+    def go():
+        from wbc_ray.workflows import cv as workflow
+        from wbc_ray.workflows import preflight
+
+        cfg = load_run_config(config, overrides)
+        preflight.check_train(cfg)
+        _start_ray(verbose=verbose)
+        return workflow.cross_validate(cfg, folds)
+
+    s = _run(verbose, go).summary
+    typer.echo(f"{s['folds']}-fold CV: pooled accuracy {s['accuracy']:.4f}  macro F1 "
+               f"{s['macro_f1']:.4f}  per fold {s['fold_accuracy_mean']:.4f} "
+               f"+- {s['fold_accuracy_std']:.4f}\nsummary: {s['runs'][0].rsplit('-fold', 1)[0]}"
+               "/cv.md")
 
 
 @app.command()
@@ -154,17 +209,24 @@ def evaluate(
         help="The part of --split to evaluate.")] = "test",
     groups: Groups = None,
     output: Annotated[str, typer.Option(help="Where metrics.json, .md and .png go.")] = "runs/eval",
+    tracking_uri: TrackingUri = None,
+    track: Track = None,
     verbose: Verbose = False,
 ) -> None:
     """Evaluate a checkpoint: metrics.json, paper-style Markdown tables, confusion matrix PNG."""
+    given = {k: v for k, v in (("uri", tracking_uri), ("enabled", track)) if v is not None}
 
     def go():
+        from wbc_ray import tracking
         from wbc_ray.workflows import evaluate as workflow
         from wbc_ray.workflows import preflight
 
         resolved = preflight.check_evaluate(checkpoint, data, output)
+        tracking.preflight(TrackingConfig(**given))
         _start_ray(verbose=verbose)
-        return workflow.evaluate(resolved, data, split, part, groups, output)
+        # only what was given: the library's defaults apply otherwise
+        kw = {"tracking_config": TrackingConfig(**given)} if given else {}
+        return workflow.evaluate(resolved, data, split, part, groups, output, **kw)
 
     m = _run(verbose, go)
     typer.echo(f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro']['f1']:.4f}  "
@@ -186,6 +248,8 @@ def tune(
     limit_per_class: Annotated[int | None, typer.Option(help="Use at most N images per class.")] = None,
     output: Annotated[str | None, typer.Option(help="Sweep output: local path or s3://.")] = None,
     name: Annotated[str | None, typer.Option(help="Sweep name; rerun to resume.")] = None,
+    tracking_uri: TrackingUri = None,
+    track: Track = None,
     config: Config = None,
     verbose: Verbose = False,
 ) -> None:
@@ -195,9 +259,11 @@ def tune(
         "tune": {"trials": trials, "max_epochs": max_epochs, "gpus_per_trial": gpus_per_trial,
                  "workers_per_trial": workers_per_trial, "searcher": searcher, "output": output,
                  "name": name},
+        "tracking": {"uri": tracking_uri, "enabled": track},
     }
 
     def go():
+        from wbc_ray import tracking
         from wbc_ray.tuning import sweep
         from wbc_ray.tuning.resources import local_cpus
 
@@ -206,6 +272,7 @@ def tune(
             from wbc_ray import storage
 
             storage.check_readable(cfg.data.data)
+        tracking.preflight(cfg.tracking)
         _start_ray(local_cpus(cfg.tune), verbose)  # logical CPUs: a trial's driver, workers and Data
         return sweep.run_sweep(cfg)
 

@@ -226,6 +226,15 @@ def _is_date(text: str) -> bool:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking with MLflow (``wbc_ray.tracking``): train, tune and evaluate."""
+
+    enabled: bool = True  # false: log nothing (`--no-track`)
+    uri: str | None = None  # None: MLFLOW_TRACKING_URI, else a local store beside the run
+    experiment: str | None = None  # None: wbc-ray-train, wbc-ray-tune or wbc-ray-evaluate
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -233,6 +242,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 _DACITE = dacite.Config(strict=True, cast=[tuple])
@@ -341,6 +351,9 @@ def load_run_config(path: str | None = None, overrides: dict[str, Any] | None = 
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            start = getattr(e, "context_mark", None)  # an unclosed { or [: where it opened
+            if mark and start and start.line != mark.line and getattr(e, "context", None):
+                problem += f" ({e.context} opened at line {start.line + 1})"
             raise ConfigError("yaml", f"{problem}", where=f" (in {path}{line})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")

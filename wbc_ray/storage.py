@@ -189,8 +189,14 @@ def check_writable(uri: str) -> None:
     if is_remote(uri):
         def bucket_exists(fs, path):
             bucket = path.split("/", 1)[0]
-            if not fs.exists(bucket):
-                raise FileNotFoundError(f"bucket {bucket!r} of {uri} does not exist")
+            # info, not exists: s3fs's exists() says False for an unreachable endpoint too
+            try:
+                fs.info(bucket)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"bucket {bucket!r} of {uri} does not exist") from None
+            except PermissionError as e:
+                raise PermissionError(f"access to bucket {bucket!r} of {uri} denied: {e} "
+                                      "(check the credentials)") from None
         _probe(uri, bucket_exists)
         return
     path = filesystem(uri)[1]

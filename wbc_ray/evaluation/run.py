@@ -36,11 +36,16 @@ def predict(ds: ray.data.Dataset, checkpoint: str, batch_size: int = 256,
     return np.concatenate(labels).astype(int), np.concatenate(probs)
 
 
+def report_paths(output: str) -> dict[str, str]:
+    """Where :func:`write_report` writes under ``output``."""
+    return {k: storage.join(output, n) for k, n in
+            (("json", "metrics.json"), ("markdown", "metrics.md"),
+             ("confusion", "confusion_matrix.png"))}
+
+
 def write_report(metrics: dict, output: str, title: str) -> dict[str, str]:
     """metrics.json, metrics.md and confusion_matrix.png under ``output``."""
-    paths = {k: storage.join(output, n) for k, n in
-             (("json", "metrics.json"), ("markdown", "metrics.md"),
-              ("confusion", "confusion_matrix.png"))}
+    paths = report_paths(output)
     storage.write_text(paths["json"], json.dumps(metrics, indent=2))
     text = metrics_markdown(metrics, title)
     if metrics.get("excluded_classes"):

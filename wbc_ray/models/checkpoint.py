@@ -82,10 +82,14 @@ def read_meta(directory: str) -> CheckpointMeta:
     uri = storage.join(directory, META)
     try:
         raw = json.loads(storage.read_text(uri))
+        raw["classes"], raw["mean"], raw["std"] = (tuple(raw[k]) for k in ("classes", "mean",
+                                                                            "std"))
+        return CheckpointMeta(**raw)
     except FileNotFoundError:
         raise FileNotFoundError(f"{directory} is not a wbc-ray checkpoint (no {META})") from None
-    raw["classes"], raw["mean"], raw["std"] = (tuple(raw[k]) for k in ("classes", "mean", "std"))
-    return CheckpointMeta(**raw)
+    except (ValueError, TypeError, KeyError) as e:  # not JSON, not UTF-8, fields missing
+        raise ValueError(f"{uri}: not a wbc-ray checkpoint description "
+                         f"({type(e).__name__}: {e})") from None
 
 
 def load_checkpoint(directory: str, device: str | torch.device = "cpu"
@@ -144,17 +148,50 @@ def is_checkpoint(directory: str) -> bool:
 def resolve_checkpoint(uri: str) -> str:
     """The checkpoint directory meant by ``uri``: a run directory (its ``best/``), a checkpoint
     directory, or a file inside one (``model.safetensors``, ``meta.json``); local or remote."""
-    storage.check_readable(uri)
+    try:
+        storage.check_readable(uri)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"checkpoint {e}") from None
     base = uri.rstrip("/")
     parent = base.rsplit("/", 1)[0] if "/" in base else "."
     for candidate in (base, storage.join(base, "best"), parent):
         if storage.exists(storage.join(candidate, META)):
             if candidate == parent and base.rsplit("/", 1)[-1] not in (WEIGHTS, META, STATE):
                 break
+            read_meta(candidate)
+            check_weights(candidate)
             return candidate
     raise FileNotFoundError(f"{uri} is not a wbc-ray checkpoint: expected a run directory "
                             f"(with best/{META}), a checkpoint directory (with {META}) or its "
                             f"{WEIGHTS}")
+
+
+def check_weights(directory: str) -> None:
+    """Fail, naming the file, when the checkpoint's weights are missing, truncated or not
+    safetensors; reads the header only (safetensors: 8-byte length, JSON header, data whose
+    extent the header gives), so a big remote checkpoint is not downloaded twice."""
+    uri = storage.join(directory, WEIGHTS)
+    fs, path = storage.filesystem(uri)
+    try:
+        size = fs.size(path)
+        with fs.open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 2 <= n <= size - 8 else None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {directory} has no weights file {WEIGHTS}"
+                                ) from None
+    except (ValueError, UnicodeDecodeError):  # the header is not JSON
+        header = None
+    if not isinstance(header, dict):
+        raise ValueError(f"{uri}: not a safetensors weights file (corrupt header)")
+    try:
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+    except (TypeError, KeyError, IndexError):
+        raise ValueError(f"{uri}: not a safetensors weights file (corrupt header)") from None
+    if size != 8 + n + end:
+        raise ValueError(f"{uri}: truncated or corrupt weights file ({size} bytes, the header "
+                         f"describes {8 + n + end})")
 
 
 def best_checkpoint_path(run_dir: str) -> str:
@@ -164,4 +201,4 @@ def best_checkpoint_path(run_dir: str) -> str:
 
 __all__ = ["CheckpointMeta", "save_checkpoint", "load_checkpoint", "read_meta", "fingerprint",
            "load_state_dict", "load_train_state", "is_checkpoint", "best_checkpoint_path",
-           "resolve_checkpoint"]
+           "resolve_checkpoint", "check_weights"]

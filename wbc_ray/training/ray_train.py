@@ -112,6 +112,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         row = {"epoch": epoch, "train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1),
                "val_loss": va["loss"], "val_acc": va["acc"], "images": int(n),
                "images_per_s": n / (secs / ctx.get_world_size()) if secs else 0.0,
+               "lr": optimizer.param_groups[0]["lr"],  # at the epoch's last step
                "best_val_loss": early.best, "improved": improved}
         if hooks.record_nodes:  # which node each rank ran on (multi-node checks)
             row["worker_nodes"] = _gather_nodes(ctx)
@@ -205,14 +206,16 @@ def build_trainer(cfg: RunConfig, data: PreparedData, run_dir: str, name: str,
                         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
 
 
-def fit(cfg: RunConfig, data: PreparedData, run_dir: str, hooks: TrainHooks | None = None
-        ) -> TrainResult:
-    """Train under Ray Train; rerunning the same run directory resumes it."""
+def fit(cfg: RunConfig, data: PreparedData, run_dir: str, hooks: TrainHooks | None = None,
+        callbacks: list | None = None) -> TrainResult:
+    """Train under Ray Train; rerunning the same run directory resumes it. ``callbacks``:
+    Ray Train ``UserCallback``s, run in the controller (e.g. experiment tracking)."""
     t0 = time.perf_counter()
     if data.counts["train"] == 0 or data.counts["val"] == 0:
         raise ValueError(f"empty train or validation split: {data.counts}")
     storage_path, name = run_dir.rstrip("/").rsplit("/", 1)
-    trainer = build_trainer(cfg, data, run_dir, name, storage_path, hooks=hooks)
+    trainer = build_trainer(cfg, data, run_dir, name, storage_path, callbacks=callbacks or None,
+                            hooks=hooks)
     result = trainer.fit()
     if result.error:
         raise result.error

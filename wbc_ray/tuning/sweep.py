@@ -15,6 +15,7 @@ Layout under ``<tune.output>/<tune.name>/``::
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from wbc_ray import storage
+from wbc_ray import storage, tracking
 from wbc_ray.config import RunConfig, TuneConfig, dump_yaml, load_yaml, to_dict
 from wbc_ray.data.prepare import prepare
 from wbc_ray.models import get_spec
@@ -95,6 +96,9 @@ def run_sweep(cfg: RunConfig, *, callbacks: Sequence[tune.Callback] = ()) -> Swe
     without redoing finished trials, retries errored ones, and rewrites the outputs.
     ``callbacks`` are Tune callbacks (e.g. experiment loggers); a resumed sweep keeps the
     callbacks it started with. Raises :class:`SweepInterrupted` when stopped early.
+
+    Tracked in MLflow (``cfg.tracking``, :mod:`wbc_ray.tracking`): one run for the sweep
+    (config, report, best checkpoint), a child run per trial; a resumed sweep continues them.
     """
     t0 = time.perf_counter()
     check_ray_version()
@@ -111,6 +115,17 @@ def run_sweep(cfg: RunConfig, *, callbacks: Sequence[tune.Callback] = ()) -> Swe
     if resources.whole_gpus(tc):
         wait_for_gpus(resources.whole_gpus(tc), cfg.train.gpu_wait_s)
     sweep_dir = sweep_dir_of(tc)
+    with tracking.start_run(cfg.tracking, command="tune", run_dir=sweep_dir, name=tc.name,
+                            params=to_dict(cfg), tags={"wbc_ray.model": cfg.model.name}) as run:
+        result = _sweep(cfg, space, n_trials, sweep_dir, [
+            *callbacks, *tracking.trial_logger(run, cfg.tracking, sweep_dir)], t0)
+        log_sweep(run, result)
+    return result
+
+
+def _sweep(cfg: RunConfig, space: dict[str, Any], n_trials: int, sweep_dir: str,
+           callbacks: Sequence[tune.Callback], t0: float) -> SweepResult:
+    tc = cfg.tune
     runs_dir = storage.join(sweep_dir, "runs")
     data = prepare(cfg.data, cfg.model.input_size or get_spec(cfg.model.name).input_size,
                    to_dict(cfg.preprocess))
@@ -126,3 +141,17 @@ def run_sweep(cfg: RunConfig, *, callbacks: Sequence[tune.Callback] = ()) -> Swe
                                f"finished; rerun the same command to resume it")
     trials = trials_table(grid, list(space), runs_dir, tc.max_epochs)
     return write_report(cfg, trials, sweep_dir, resumed, time.perf_counter() - t0)
+
+
+def log_sweep(run: tracking.Run, result: SweepResult) -> None:
+    """The sweep's outcome on its MLflow run: best scores, the report, the best checkpoint."""
+    best = result.trials.set_index("trial").loc[result.best_trial]
+    run.set_tags({"wbc_ray.best_trial": result.best_trial,
+                  "wbc_ray.best_params": json.dumps(result.best_params, default=str)})
+    run.log_metrics({"best_val_loss": best["best_val_loss"],
+                     "best_val_acc": best["best_val_acc"], "trials": len(result.trials),
+                     "seconds": result.seconds})
+    for key, uri in result.files.items():
+        if key != "trials_parquet":  # trials.csv holds the same table
+            run.log_artifact(uri)
+    run.log_artifact(result.best_checkpoint, "best")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
-from wbc_ray import storage
+from wbc_ray import storage, tracking
 from wbc_ray.config import RunConfig, dump_yaml, to_dict
 from wbc_ray.data.dataset import Quarantine
 from wbc_ray.data.prepare import prepare
@@ -42,11 +42,24 @@ class TrainOutcome:
 
 def train(cfg: RunConfig, evaluate_test: bool = True, hooks: TrainHooks | None = None
           ) -> TrainOutcome:
-    """Train ``cfg`` end to end. Rerunning with the same ``train.name`` resumes the run."""
+    """Train ``cfg`` end to end. Rerunning with the same ``train.name`` resumes the run.
+
+    Tracked in MLflow (``cfg.tracking``, see :mod:`wbc_ray.tracking`): the run is opened
+    before any data is read, so an unusable tracking store fails in seconds."""
     if cfg.train.gpus > 0:
         wait_for_gpus(cfg.train.gpus, cfg.train.gpu_wait_s)
     cfg = replace(cfg, train=replace(cfg.train, name=run_name(cfg)))
     run_dir = run_dir_of(cfg)
+    with tracking.start_run(cfg.tracking, command="train", run_dir=run_dir,
+                            name=cfg.train.name, params=to_dict(cfg),
+                            tags={"wbc_ray.model": cfg.model.name}) as run:
+        outcome = _train(cfg, run_dir, evaluate_test, hooks, run)
+        log_outcome(run, outcome)
+    return outcome
+
+
+def _train(cfg: RunConfig, run_dir: str, evaluate_test: bool, hooks: TrainHooks | None,
+           run: tracking.Run) -> TrainOutcome:
     data = prepare(cfg.data, cfg.model.input_size or get_spec(cfg.model.name).input_size,
                    to_dict(cfg.preprocess))
     log.info("data %s: %s", cfg.data.data, data.counts)
@@ -55,7 +68,8 @@ def train(cfg: RunConfig, evaluate_test: bool = True, hooks: TrainHooks | None =
                        json.dumps({"counts": data.counts, "fingerprint": data.fingerprint,
                                    "classes": list(data.classes)}, indent=2))
     Quarantine(data.quarantine).write(run_dir)
-    result = fit(cfg, data, run_dir, hooks=hooks)
+    run.set_tags({"wbc_ray.data_fingerprint": data.fingerprint})
+    result = fit(cfg, data, run_dir, hooks=hooks, callbacks=run.epoch_logger())
     files = write_history(result.history, run_dir, f"{cfg.model.name} ({cfg.data.split} split)")
     test_metrics = None
     if evaluate_test and data.counts["test"] > 0:
@@ -67,6 +81,28 @@ def train(cfg: RunConfig, evaluate_test: bool = True, hooks: TrainHooks | None =
         files.update(write_report(test_metrics, out, f"{cfg.model.name}: test split "
                                                      f"({cfg.data.split})"))
     return TrainOutcome(result, test_metrics, files)
+
+
+def log_outcome(run: tracking.Run, outcome: TrainOutcome) -> None:
+    """What the live epoch logging missed, the test metrics, and the run's files."""
+    r = outcome.result
+    run.log_history(r.history)
+    run.log_metrics({"train_seconds": r.seconds, "epochs_run": len(r.history),
+                     "counts": r.counts, **({"test": _scores(outcome.test_metrics)}
+                                            if outcome.test_metrics else {})})
+    for name in ("config.yaml", "data.json"):
+        run.log_artifact(storage.join(r.run_dir, name))
+    for key in ("history", "curves"):
+        run.log_artifact(outcome.files[key])
+    if outcome.test_metrics:
+        run.log_artifact(storage.join(r.run_dir, "eval-test"), "eval-test")
+    run.log_artifact(r.best_checkpoint, "best")
+
+
+def _scores(metrics: dict) -> dict:
+    """The headline numbers of a metrics dict (not the split's counts or run times)."""
+    return {k: metrics[k] for k in ("accuracy", "macro", "weighted", "per_class", "ece",
+                                    "roc_auc_ovr") if k in metrics}
 
 
 def write_history(history: list[dict], run_dir: str, title: str) -> dict[str, str]:
