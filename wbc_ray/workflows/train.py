@@ -11,6 +11,7 @@ import pandas as pd
 
 from wbc_ray import storage, tracking
 from wbc_ray.config import RunConfig, dump_yaml, to_dict
+from wbc_ray.console import say
 from wbc_ray.data.dataset import Quarantine
 from wbc_ray.data.prepare import prepare
 from wbc_ray.evaluation.metrics import compute_metrics, plot_curves
@@ -63,6 +64,11 @@ def _train(cfg: RunConfig, run_dir: str, evaluate_test: bool, hooks: TrainHooks 
     data = prepare(cfg.data, cfg.model.input_size or get_spec(cfg.model.name).input_size,
                    to_dict(cfg.preprocess))
     log.info("data %s: %s", cfg.data.data, data.counts)
+    c = data.counts
+    extra = "".join(f", {c[k]} {k.replace('_', ' ')}" for k in ("quarantined", "not_located")
+                    if c.get(k))
+    say(f"training {cfg.model.name} on {cfg.data.data} ({cfg.data.split} split): "
+        f"{c['train']} train / {c['val']} val / {c['test']} test images{extra} -> {run_dir}")
     storage.write_text(storage.join(run_dir, "config.yaml"), dump_yaml(cfg))
     storage.write_text(storage.join(run_dir, "data.json"),
                        json.dumps({"counts": data.counts, "fingerprint": data.fingerprint,
