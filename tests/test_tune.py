@@ -7,6 +7,7 @@ tiny trials (2 epochs, batch 16, one CPU worker, one trial at a time).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -197,6 +198,7 @@ def test_local_ray_gets_one_trial_plus_data_cpus(tc, cores, expected):
 
 
 def test_resume_reports_changed_settings(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)  # an earlier module may have raised the root level
     cfg = load_run_config(None, {"tune": {"output": str(tmp_path), "name": "s"}})
     sweep_dir = sweep_dir_of(cfg.tune)
     assert check_resume(sweep_dir, cfg) == []  # nothing saved yet
@@ -217,6 +219,7 @@ def test_fractional_gpus_per_trial_is_rejected():
 
 
 def test_tuning_split_is_grouped_when_groups_are_known(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
     data = tmp_path / "cells"
     data.mkdir()
     plain = DataConfig(data=str(data), split="paper")
