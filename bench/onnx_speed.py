@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from functools import partial
 
-import numpy as np
-from common import kaggle_files, machine, table
+from common import call_times, decoded, kaggle_files, machine, table, untrained_checkpoint
 
 CONTENDERS = {  # name -> (runtime, constructor kwargs)
-    "torch eager auto (bf16 on AMX)": ("torch", {"precision": "auto"}),
+    "torch eager auto (bf16 with AMX or AVX512_BF16)": ("torch", {"precision": "auto"}),
     "torch eager fp32": ("torch", {"precision": "fp32"}),
     "torch.compile auto": ("torch", {"precision": "auto", "compile": True}),
     "torch.compile fp32": ("torch", {"precision": "fp32", "compile": True}),
@@ -37,38 +35,12 @@ CONTENDERS = {  # name -> (runtime, constructor kwargs)
 }
 
 
-def images(n: int) -> np.ndarray:
-    from wbc_ray.data.decode import decode_resize
-
-    return np.stack([decode_resize(open(f, "rb").read(), 100) for f in kaggle_files(n)])
-
-
 def checkpoint(directory: str) -> tuple[str, str]:
-    import torch
-
-    from wbc_ray.classes import PAPER_CLASSES
-    from wbc_ray.models import build_model
-    from wbc_ray.models.checkpoint import CheckpointMeta, save_checkpoint
+    """(an untrained paper-CNN checkpoint, its ONNX export)."""
     from wbc_ray.models.export import export_onnx
 
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(os.path.join(directory, "ckpt"), build_model("paper_cnn", 4),
-                           CheckpointMeta.for_model("paper_cnn", PAPER_CLASSES))
+    ckpt = untrained_checkpoint(os.path.join(directory, "ckpt"))
     return ckpt, export_onnx(ckpt, os.path.join(directory, "model.onnx"))
-
-
-def rates(predictors: dict, x: np.ndarray, repeats: int) -> dict[str, float]:
-    """Median img/s per contender. The contenders take turns call by call, so that load
-    from other processes on a shared machine falls on all of them alike."""
-    for predict in predictors.values():
-        predict(x), predict(x)  # warm-up (and compilation)
-    times: dict[str, list[float]] = {name: [] for name in predictors}
-    for _ in range(repeats):
-        for name, predict in predictors.items():
-            t0 = time.perf_counter()
-            predict(x)
-            times[name].append(time.perf_counter() - t0)
-    return {name: len(x) / statistics.median(t) for name, t in times.items()}
 
 
 def child(args) -> None:
@@ -82,9 +54,12 @@ def child(args) -> None:
     torch.set_num_threads(threads)
     runtimes = {"torch": lambda kw: Predictor(args.ckpt, **kw),
                 "onnx": lambda kw: OnnxPredictor(args.onnx, **kw)}
-    predictors = {name: runtimes[rt](kw).predict for name, (rt, kw) in CONTENDERS.items()}
-    got = rates(predictors, images(args.batch), args.repeats)
-    print(json.dumps([{"contender": k, "threads": threads, "img/s": v} for k, v in got.items()]))
+    x = decoded(kaggle_files(args.batch))
+    predictors = {name: runtimes[rt](kw) for name, (rt, kw) in CONTENDERS.items()}
+    got = call_times({name: partial(p.predict, x) for name, p in predictors.items()},
+                     args.repeats)  # median (wall s, CPU s) per call
+    print(json.dumps([{"contender": k, "threads": threads, "img/s": len(x) / wall}
+                      for k, (wall, _) in got.items()]))
 
 
 def main() -> None:

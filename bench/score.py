@@ -1,24 +1,27 @@
 """Scoring: `wbc-ray score` end to end vs a plain one-process script vs this machine's limits.
 
-    python bench/score.py [--n 8000] [--per-sample 100] [--memory 10000 50000] [--only ...]
+    python bench/score.py [--n 8000] [--per-sample 100] [--memory 10000 50000]
+                          [--runtime torch torch-compile onnx] [--only SECTION ...]
 
 Input: ``--n`` Kaggle JPEGs laid out as ``<tmp>/<sample_id>/<cell>.jpeg`` symlinks
 (``--per-sample`` cells per sample; archives larger than the 12,515 Kaggle images repeat
-files under new names). The checkpoint is an untrained paper CNN: speed does not depend on
-the weights. Every contender reads the same files from the page cache in the same run.
+files under new names), read from the page cache by every contender in the same run; an
+untrained paper-CNN checkpoint (speed does not depend on the weights). Model runtimes
+(``--runtime``, default all, side by side): ``torch`` (eager ``Predictor``), ``torch-compile``
+(``Predictor(compile=True)`` handed to ``score()``; no CLI flag), ``onnx`` (``--runtime onnx``).
 
 Sections of docs/PERFORMANCE.md it writes (``--only`` picks some):
 - ``inference-ablation`` (ablation): what each Predictor change bought, model only;
 - ``inference-profile`` (profile): torch.profiler's top ops, before and after;
 - ``scoring`` (throughput): limits, the plain script, ``wbc-ray score`` cold and warm;
-- ``scoring-actor-layouts`` (layouts): the same run with the model actors laid out
-  differently;
+- ``scoring-actor-layouts`` (layouts): the model actors laid out differently;
 - ``scoring-memory`` (memory): peak memory of the whole Ray session at two archive sizes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -26,29 +29,32 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
 from glob import glob
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
+import psutil
+import ray
 import torch
-from common import KAGGLE, Timer, add_ratios, table, write_section
+from common import KAGGLE, Timer, call_times, decoded, table, untrained_checkpoint, write_section
 from PIL import Image
 
-from wbc_ray.classes import PAPER_CLASSES
 from wbc_ray.config import ScoreConfig
 from wbc_ray.data.decode import decode_resize
-from wbc_ray.models import build_model
-from wbc_ray.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from wbc_ray.models.checkpoint import load_checkpoint
 from wbc_ray.models.paper_cnn import MaxPool2x2Stride1
 from wbc_ray.models.predictor import CPU_CHUNK, Predictor
+from wbc_ray.ray_session import init_ray
+from wbc_ray.scoring.pipeline import score
+from wbc_ray.scoring.plan import predictor_class
 
 CORES = os.cpu_count() or 1
 BATCH = 256  # the plain script's batch and ScoreConfig's default
 
 
-# ---------------------------------------------------------------- inputs
+# ---------------------------------------------------------------- inputs and predictors
 
 
 def make_archive(root: Path, n: int, per_sample: int) -> list[str]:
@@ -67,12 +73,6 @@ def make_archive(root: Path, n: int, per_sample: int) -> list[str]:
     return paths
 
 
-def untrained_checkpoint(directory: str) -> str:
-    torch.manual_seed(0)
-    meta = CheckpointMeta.for_model("paper_cnn", PAPER_CLASSES)
-    return save_checkpoint(directory, build_model("paper_cnn", len(PAPER_CLASSES)), meta)
-
-
 def stock_pools(model: torch.nn.Module) -> torch.nn.Module:
     """The model as it was before the fast pool: every pool back to ``nn.MaxPool2d(2, 1)``."""
     for mod in model.modules():
@@ -82,15 +82,51 @@ def stock_pools(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def pre_change(pred: Predictor, pool: bool = True, autocast: bool = True) -> Predictor:
+    """``pred`` as before the inference changes: the stock max-pool (``pool``), fp32
+    weights autocast to bf16 on every call (``autocast``)."""
+    if pool:
+        stock_pools(pred.model)
+    if autocast:
+        pred.model.float()
+        pred.dtype = torch.float32  # predict() then autocasts to pred.precision (bf16)
+    return pred
+
+
+# The two classes below are handed to score() as the predictor class. Defined in the bench
+# script, so Ray ships them to the actors by value.
 class PreChangePredictor(Predictor):
-    """The Predictor as it was before the inference changes: stock max-pools, the whole
-    batch in one forward, fp32 weights under bf16 autocast. Defined in the bench script, so
-    Ray ships it to the actors by value."""
+    """The Predictor before the inference changes: :func:`pre_change`, the whole batch in
+    one forward."""
 
     def __init__(self, checkpoint: str, **kwargs):
         super().__init__(checkpoint, **{**kwargs, "chunk": BATCH})
-        stock_pools(self.model).float()
-        self.dtype = torch.float32  # predict() then autocasts to self.precision (bf16)
+        pre_change(self)
+
+
+class CompiledPredictor(Predictor):
+    """``Predictor(compile=True)``, as a class that score() builds from the checkpoint."""
+
+    def __init__(self, checkpoint: str, **kwargs):
+        super().__init__(checkpoint, **{**kwargs, "compile": True})
+
+
+# --runtime -> (row label, ScoreConfig.runtime, predictor class for score(): None = the
+# runtime's own, see wbc_ray.scoring.plan.RUNTIMES)
+RUNTIMES = {
+    "torch": ("wbc-ray score", "torch", None),
+    "torch-compile": ("wbc-ray score, torch.compile (CompiledPredictor)", "torch",
+                      CompiledPredictor),
+    "onnx": ("wbc-ray score --runtime onnx", "onnx", None),
+}
+
+
+def model_only(rt: str, checkpoint: str, threads: int):
+    """The predictor a model actor of ``rt`` runs, built in this process for ``threads``
+    threads (ONNX Runtime fixes them at build; torch's are set per call)."""
+    _, runtime, cls = RUNTIMES[rt]
+    kwargs = {"threads": threads} if runtime == "onnx" else {}
+    return (cls or predictor_class(runtime))(checkpoint, **kwargs)
 
 
 # ---------------------------------------------------------------- limits
@@ -104,45 +140,43 @@ def decode_core_s(files: list[str]) -> float:
     return (time.process_time() - c0) / len(files)
 
 
-def predictor_rate(predictor: Predictor, images: np.ndarray, threads: int, reps: int = 5
-                   ) -> tuple[float, float]:
-    """(images/s wall, core-seconds per image) of ``predict`` on a resident batch; best of
-    ``reps``. Core-seconds are the process's CPU time, robust to other load."""
+def predict_rate(predict, images: np.ndarray, threads: int) -> tuple[float, float]:
+    """(images/s wall, core-seconds per image) of ``predict(images)`` with ``threads`` torch
+    threads, best of 5 (core-seconds: the process's CPU time, robust to other load)."""
     torch.set_num_threads(threads)
     try:
-        predictor.predict(images)  # warm-up (oneDNN primitive caches, compile)
-        best_wall, best_cpu = float("inf"), float("inf")
-        for _ in range(reps):
-            t0, c0 = time.perf_counter(), time.process_time()
-            predictor.predict(images)
-            best_wall = min(best_wall, time.perf_counter() - t0)
-            best_cpu = min(best_cpu, time.process_time() - c0)
+        wall, cpu = call_times({"": lambda: predict(images)}, repeats=5, stat=min)[""]
     finally:
         torch.set_num_threads(CORES)
-    return len(images) / best_wall, best_cpu / len(images)
+    return len(images) / wall, cpu / len(images)
 
 
-def resident_batch(files: list[str]) -> np.ndarray:
-    return np.stack([decode_resize(Path(f).read_bytes(), 100) for f in files[:BATCH]])
-
-
-def limits(files: list[str], checkpoint: str) -> tuple[list[dict], float]:
-    """Rows for the decode, model and combined limits; returns (rows, combined img/s)."""
+def limits(files: list[str], checkpoint: str, runtimes: list[str]
+           ) -> tuple[list[dict], dict[str, float]]:
+    """Rows for the decode limit and each runtime's model and combined limits; returns
+    (rows, combined img/s per runtime)."""
     decode_s = decode_core_s(files[:2000])
-    images = resident_batch(files)
-    pred = Predictor(checkpoint)
-    model_rate, _ = predictor_rate(pred, images, CORES)
-    _, model_s1 = predictor_rate(pred, images, 1)
-    combined = CORES / (decode_s + model_s1)
-    return [
-        {"path": "limit: decode only (read + draft decode + resize), per core",
-         "img/s": 1 / decode_s},
-        {"path": f"limit: model only, Predictor ({pred.precision}, chunks of {pred.chunk}) "
-                 "on a resident batch, per core", "img/s": 1 / model_s1},
-        {"path": f"limit: model only, Predictor, {CORES} threads", "img/s": model_rate},
-        {"path": f"combined limit: {CORES} cores / (decode + model core-s per image)",
-         "img/s": combined},
-    ], combined
+    images = decoded(files[:BATCH])
+    rows = [{"path": "limit: decode only (read + draft decode + resize), per core",
+             "img/s": 1 / decode_s}]
+    combined = {}
+    for rt in runtimes:
+        pred = model_only(rt, checkpoint, 1)
+        _, model_s1 = predict_rate(pred.predict, images, 1)
+        pred = model_only(rt, checkpoint, CORES)
+        model_rate, _ = predict_rate(pred.predict, images, CORES)
+        combined[rt] = CORES / (decode_s + model_s1)
+        name = type(pred).__name__
+        how = (f"{getattr(pred, 'precision', 'fp32')}, "
+               + (f"chunks of {pred.chunk}" if pred.chunk else "whole batch"))
+        rows += [
+            {"path": f"limit: model only, {name} ({how}) on a resident batch, per core",
+             "runtime": rt, "img/s": 1 / model_s1},
+            {"path": f"limit: model only, {name}, {CORES} threads", "runtime": rt,
+             "img/s": model_rate},
+            {"path": f"combined limit, {name}: {CORES} cores / (decode + model core-s per "
+                     "image)", "runtime": rt, "img/s": combined[rt]}]
+    return rows, combined
 
 
 # ---------------------------------------------------------------- contenders
@@ -176,18 +210,18 @@ def plain_script(root: str, checkpoint: str, out: str, channels_last: bool = Fal
 
 class Sampler(threading.Thread):
     """Peak memory of this process and all its descendants (a local Ray session is all of
-    them: GCS, raylet, workers, dashboard, log monitor), and the cells published so far.
+    them: GCS, raylet, workers, model actors, log monitor), and the cells published so far.
 
-    RSS comes from ``/proc/<pid>/statm`` (cheap). PSS needs ``smaps_rollup``, which costs
-    ~4 ms per big process: sampled only with ``pss=True`` (the memory section), and then
-    once a second, so that the sampler does not slow down what it measures.
+    psutil: RSS from ``memory_info()`` (cheap); PSS from ``memory_full_info()``, which reads
+    ``smaps_rollup`` (~ms per big process), only with ``pss=True`` (the memory section) and
+    then once a second, so that the sampler does not slow down what it measures.
     """
 
-    def __init__(self, cells_dir: Path | None = None, per_sample: int = 1, pss: bool = False):
+    def __init__(self, cells_dir: Path, per_sample: int, pss: bool = False):
         super().__init__(daemon=True)
         self.cells_dir, self.per_sample, self.pss = cells_dir, per_sample, pss
         self.period = 1.0 if pss else 0.25
-        self.peak_rss = self.peak_pss = 0  # kB
+        self.peak_rss = self.peak_pss = 0  # bytes
         self.procs = 0
         self.progress: list[tuple[float, int]] = []  # (time, cells published)
         self._halt = threading.Event()
@@ -199,16 +233,25 @@ class Sampler(threading.Thread):
         self._sample()  # the state at the end
 
     def _sample(self) -> None:
-        pids = _process_tree(os.getpid())
-        self.procs = max(self.procs, len(pids))
-        self.peak_rss = max(self.peak_rss, sum(map(_rss_kb, pids)))
-        if self.pss:
-            self.peak_pss = max(self.peak_pss, sum(map(_pss_kb, pids)))
-        if self.cells_dir is not None:
-            n = sum(1 for _ in self.cells_dir.glob("*/*.parquet"))
-            self.progress.append((time.perf_counter(), n * self.per_sample))
+        me = psutil.Process()
+        procs = [me, *me.children(recursive=True)]
+        rss = pss = 0
+        for p in procs:
+            try:
+                m = p.memory_full_info() if self.pss else p.memory_info()
+            except psutil.Error:  # exited meanwhile
+                continue
+            rss, pss = rss + m.rss, pss + getattr(m, "pss", 0)
+        self.procs = max(self.procs, len(procs))
+        self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+        n = sum(1 for _ in self.cells_dir.glob("*/*.parquet"))
+        self.progress.append((time.perf_counter(), n * self.per_sample))
 
-    def stop(self) -> None:
+    def __enter__(self) -> Sampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
         self._halt.set()
         self.join()
 
@@ -223,72 +266,43 @@ class Sampler(threading.Thread):
         return (n_hi - n_lo) / (t_hi - t_lo) if t_hi > t_lo else float("nan")
 
 
-def _process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = defaultdict(list)
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(d))
-    out, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack += children.get(pid, [])
-    return out
+@contextlib.contextmanager
+def ray_session(tmp: Path):
+    """A fresh local Ray session for the runs inside (the first :func:`wbc_score` starts
+    it), shut down after. Its processes inherit an empty inductor cache, so that the
+    torch.compile actors of the session's first run compile from nothing."""
+    cache = tempfile.mkdtemp(prefix="inductor-", dir=tmp)
+    with patch.dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache):
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB
-    except OSError:  # exited meanwhile
-        return 0
-
-
-def _pss_kb(pid: int) -> int:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0
-    return next((int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("Pss:")), 0)
-
-
-def wbc_score(root: str, checkpoint: str, out: str, n: int, per_sample: int,
-              actors: int | None, ray_cpus: int | None, pss: bool = False) -> dict:
-    """`wbc-ray score` in process: init_ray() (if not up) + score(); timings and peak memory."""
-    import ray
-
-    from wbc_ray.ray_session import init_ray
-    from wbc_ray.scoring.pipeline import score
-
+def wbc_score(tmp: Path, root: Path, checkpoint: str, n: int, per_sample: int, *,
+              actors: int | None = None, ray_cpus: int | None = None, runtime: str = "torch",
+              predictor: type | None = None, pss: bool = False) -> dict:
+    """`wbc-ray score` in process into a fresh output folder: init_ray() (if not up) +
+    score(); timings and peak memory."""
     up = ray.is_initialized()
-    sampler = Sampler(Path(out) / "cells", per_sample, pss)
-    sampler.start()
-    try:
+    out = tempfile.mkdtemp(prefix="out-", dir=tmp)
+    cfg = ScoreConfig(checkpoint=checkpoint, input=str(root), output=out, batch_size=BATCH,
+                      actors=actors, min_cells=1, runtime=runtime)
+    with Sampler(Path(out) / "cells", per_sample, pss) as sampler:
         with Timer() as t_init:
-            init_ray(num_cpus=ray_cpus)
-        cfg = ScoreConfig(checkpoint=checkpoint, input=root, output=out, batch_size=BATCH,
-                          actors=actors, min_cells=1)
+            init_ray(num_cpus=ray_cpus, temp_dir=str(tmp / "ray"))
         with Timer() as t_score:
-            summary = score(cfg, progress=False)
-    finally:
-        sampler.stop()
+            summary = score(cfg, predictor, progress=False)
     if summary["counts"]["cells_written"] != n:
         raise RuntimeError(f"scored {summary['counts']} of {n} images")
-    return {"images": n, "ray start s": 0.0 if up else t_init.seconds,
-            "seconds": t_init.seconds + t_score.seconds,
-            "img/s": n / (t_init.seconds + t_score.seconds),
-            "steady img/s": sampler.steady_rate(n),
-            "peak RSS MB": sampler.peak_rss / 1024, "peak PSS MB": sampler.peak_pss / 1024,
+    seconds = t_init.seconds + t_score.seconds
+    return {"images": n, "ray start s": 0.0 if up else t_init.seconds, "seconds": seconds,
+            "img/s": n / seconds, "steady img/s": sampler.steady_rate(n),
+            "peak RSS MB": sampler.peak_rss / 2**20, "peak PSS MB": sampler.peak_pss / 2**20,
             "processes": sampler.procs}
 
 
-# ---------------------------------------------------------------- sections
+# ---------------------------------------------------------------- model-only sections
 
 
 # (label, Predictor kwargs, stock max-pool, pre-change CPU bf16 path: fp32 weights + autocast)
@@ -306,23 +320,27 @@ ABLATION = [
 ]
 
 
+def ablation_row(make, images: np.ndarray) -> dict:
+    """The first call of ``make()`` on one chunk (torch.compile's warm-up), its rate with
+    all threads, and the per-core rate of a second one first called with 1 thread (compiled
+    kernels keep the thread count they were compiled for)."""
+    pred = make()
+    with Timer() as first:
+        pred.predict(images[:pred.chunk])
+    rate, _ = predict_rate(pred.predict, images, CORES)
+    _, core_s = predict_rate(make().predict, images, 1)
+    return {f"img/s ({CORES} threads)": rate, "img/s per core": 1 / core_s,
+            "first call s": first.seconds}
+
+
 def ablation(a, tmp: Path, checkpoint: str) -> None:
     """Model-only rate of each Predictor change, cumulative, on one resident batch."""
-    images = resident_batch(make_archive(tmp / "ablation", BATCH, BATCH))
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor")  # the first compile is cold
-    rows = []
-    for label, kwargs, old_pool, old_autocast in ABLATION:
-        pred = Predictor(checkpoint, **kwargs)
-        if old_pool:
-            stock_pools(pred.model)
-        if old_autocast:
-            pred.model.float()
-            pred.dtype = torch.float32  # predict() then autocasts to pred.precision (bf16)
-        with Timer() as first:
-            pred.predict(images[:pred.chunk])
-        rate, core_s = predictor_rate(pred, images, CORES)
-        rows.append({"Predictor": label, f"img/s ({CORES} threads)": rate,
-                     "img/s per core": 1 / core_s, "first call s": first.seconds})
+    images = decoded(make_archive(tmp / "ablation", BATCH, BATCH))
+    def maker(kwargs: dict, pool: bool, autocast: bool):
+        return lambda: pre_change(Predictor(checkpoint, **kwargs), pool, autocast)
+
+    rows = [{"Predictor": label, **ablation_row(maker(*spec), images)}
+            for label, *spec in ABLATION]
     np.save(tmp / "images.npy", images)
     rows.append({"Predictor": "bf16 + torch.compile, new process, inductor cache on disk",
                  **compile_in_new_process(checkpoint, tmp / "images.npy")})
@@ -341,7 +359,38 @@ def ablation(a, tmp: Path, checkpoint: str) -> None:
             f"{CPU_CHUNK} images, channels-last, 1 thread, best of 20 CPU times):\n\n"
             + table(pool_rows(), ["input (N, C, H, W)", "dtype", "nn.MaxPool2d ms",
                                   "shifted maxima ms", "speed-up"]))
-    write_section("inference-ablation", body, "python bench/score.py --only ablation")
+    write_section("inference-ablation", body, _command(a, "ablation"))
+
+
+def compile_in_new_process(checkpoint: str, images: Path) -> dict:
+    """torch.compile as an actor of a later run meets it: a new process, cache on disk."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import score; "
+            f"score.compile_probe({checkpoint!r}, {str(images)!r})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=os.environ.copy())
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compile_probe(checkpoint: str, images_npy: str) -> None:
+    print(json.dumps(ablation_row(lambda: Predictor(checkpoint, chunk=CPU_CHUNK, compile=True),
+                                  np.load(images_npy))))
+
+
+def pool_rows() -> list[dict]:
+    torch.set_num_threads(1)
+    rows = []
+    with torch.inference_mode():
+        for shape in ((CPU_CHUNK, 32, 98, 98), (CPU_CHUNK, 64, 48, 48), (CPU_CHUNK, 64, 45, 45)):
+            for dtype in (torch.bfloat16, torch.float32):
+                x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+                got = call_times({"stock": lambda x=x: torch.nn.functional.max_pool2d(x, 2, 1),
+                                  "fast": lambda x=x: MaxPool2x2Stride1()(x)}, 20, stat=min)
+                stock, fast = got["stock"][1] * 1e3, got["fast"][1] * 1e3  # CPU ms
+                rows.append({"input (N, C, H, W)": str(shape), "dtype": str(dtype)[6:],
+                             "nn.MaxPool2d ms": stock, "shifted maxima ms": fast,
+                             "speed-up": stock / fast})
+    torch.set_num_threads(CORES)
+    return rows
 
 
 def profile(a, tmp: Path, checkpoint: str) -> None:
@@ -349,7 +398,7 @@ def profile(a, tmp: Path, checkpoint: str) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    images = resident_batch(make_archive(tmp / "profile", BATCH, BATCH))
+    images = decoded(make_archive(tmp / "profile", BATCH, BATCH))
     rows = []
     for label, pred in (("before", PreChangePredictor(checkpoint)), ("now", Predictor(checkpoint))):
         pred.predict(images)
@@ -366,172 +415,134 @@ def profile(a, tmp: Path, checkpoint: str) -> None:
             "pre-change Predictor (stock max-pools, whole batch, bf16 autocast); `now`: the "
             "default Predictor.\n\n"
             + table(rows, ["Predictor", "op", "calls", "self CPU %"]))
-    write_section("inference-profile", body, "python bench/score.py --only profile")
+    write_section("inference-profile", body, _command(a, "profile"))
 
 
-def compile_in_new_process(checkpoint: str, images: Path) -> dict:
-    """torch.compile as an actor of a later run meets it: a new process, cache on disk."""
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import score; "
-            f"score.compile_probe({checkpoint!r}, {str(images)!r})")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=os.environ.copy())
-    return json.loads(out.stdout.strip().splitlines()[-1])
+# ---------------------------------------------------------------- end-to-end sections
 
 
-def compile_probe(checkpoint: str, images_npy: str) -> None:
-    images = np.load(images_npy)
-    pred = Predictor(checkpoint, chunk=CPU_CHUNK, compile=True)
-    with Timer() as first:
-        pred.predict(images[:pred.chunk])
-    rate, core_s = predictor_rate(pred, images, CORES)
-    print(json.dumps({f"img/s ({CORES} threads)": rate, "img/s per core": 1 / core_s,
-                      "first call s": first.seconds}))
-
-
-def pool_rows() -> list[dict]:
-    torch.set_num_threads(1)
-    rows = []
-    with torch.inference_mode():
-        for shape in ((CPU_CHUNK, 32, 98, 98), (CPU_CHUNK, 64, 48, 48), (CPU_CHUNK, 64, 45, 45)):
-            for dtype in (torch.bfloat16, torch.float32):
-                x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
-                stock = _cpu_ms(lambda x=x: torch.nn.functional.max_pool2d(x, 2, 1))
-                fast = _cpu_ms(lambda x=x: MaxPool2x2Stride1()(x))
-                rows.append({"input (N, C, H, W)": str(shape), "dtype": str(dtype)[6:],
-                             "nn.MaxPool2d ms": stock, "shifted maxima ms": fast,
-                             "speed-up": stock / fast})
-    torch.set_num_threads(CORES)
-    return rows
-
-
-def _cpu_ms(fn, reps: int = 20) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        c0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - c0)
-    return best * 1e3
+# (label, plain_script keyword arguments); the first is the base of `vs plain script`
+PLAIN_SCRIPTS = [
+    (f"plain one-process script: PIL + eager fp32 NCHW + Parquet ({CORES} threads)", {}),
+    ("plain script, fp32 channels-last", {"channels_last": True}),
+    ("plain script, model with the stock nn.MaxPool2d (before)", {"stock_pool": True}),
+]
 
 
 def throughput(a, tmp: Path, checkpoint: str) -> None:
-    import ray
+    """Limits, the plain script and `wbc-ray score` (cold, then Ray up) per runtime."""
+    root = tmp / "archive"
+    files = make_archive(root, a.n, a.per_sample)
+    rows = []
+    if "onnx" in a.runtime:
+        from wbc_ray.models.onnx_predictor import cached_export
 
-    files = make_archive(tmp / "archive", a.n, a.per_sample)
-    root = str(tmp / "archive")
-    rows, combined = limits(files, checkpoint)
-    with Timer() as t:
-        plain_script(root, checkpoint, str(tmp / "plain.parquet"))
-    plain = a.n / t.seconds
-    rows.append({"path": f"plain one-process script: PIL + eager fp32 NCHW + Parquet "
-                         f"({CORES} threads)", "seconds": t.seconds, "img/s": plain})
-    for label, kw in (("plain script, fp32 channels-last", {"channels_last": True}),
-                      ("plain script, model with the stock nn.MaxPool2d (before)",
-                       {"stock_pool": True})):
         with Timer() as t:
-            plain_script(root, checkpoint, str(tmp / "plain-other.parquet"), **kw)
+            cached_export(checkpoint, cache=tempfile.mkdtemp(dir=tmp))  # timed: a fresh cache
+        cached_export(checkpoint)  # the file the actors (and the limit below) load
+        rows.append({"path": "ONNX export of the checkpoint (once per checkpoint: the actors "
+                             "load the cached file)", "seconds": t.seconds})
+    limit_rows, combined = limits(files, checkpoint, a.runtime)
+    rows += limit_rows
+    for label, kw in PLAIN_SCRIPTS:
+        with Timer() as t:
+            plain_script(str(root), checkpoint, str(tmp / "plain.parquet"), **kw)
         rows.append({"path": label, "seconds": t.seconds, "img/s": a.n / t.seconds})
-    for label in ("incl. Ray start", "Ray already up"):
-        r = wbc_score(root, checkpoint, str(tmp / f"out-{len(rows)}"), a.n, a.per_sample,
-                      a.actors, a.ray_cpus)
-        rows.append({"path": f"wbc-ray score, {label}", **r})
-        rows.append({"path": f"wbc-ray score, {label}: steady state (10-80% published)",
-                     "img/s": r["steady img/s"]})
-    ray.shutdown()
-    add_ratios(rows, **{"vs plain script": plain, "vs combined limit": combined})
+    plain = rows[-len(PLAIN_SCRIPTS)]["img/s"]  # the first: what a user would write
+    for rt in a.runtime:
+        label, runtime, predictor = RUNTIMES[rt]
+        with ray_session(tmp):
+            for when in ("incl. Ray start", "Ray already up"):
+                r = wbc_score(tmp, root, checkpoint, a.n, a.per_sample, actors=a.actors,
+                              ray_cpus=a.ray_cpus, runtime=runtime, predictor=predictor)
+                rows += [{"path": f"{label}, {when}", "runtime": rt, **r},
+                         {"path": f"{label}, {when}: steady state (10-80% published)",
+                          "runtime": rt, "img/s": r["steady img/s"]}]
+    for r in rows:
+        if "img/s" in r:  # rows of no runtime (decode, plain script): the first runtime's limit
+            r["vs plain script"] = r["img/s"] / plain
+            r["vs combined limit"] = r["img/s"] / combined[r.get("runtime", a.runtime[0])]
     body = (f"{a.n:,} Kaggle 320x240 JPEGs in {a.n // a.per_sample} samples x {a.per_sample} "
             f"cells (symlinks), untrained paper CNN checkpoint, batch {BATCH}, page cache "
-            f"warm. {_layout_note(a)} `peak RSS MB`: summed over the Ray session's "
+            f"warm. {_layout_note(a)} Runtimes: {', '.join(a.runtime)}, each in its own Ray "
+            "session, run twice (cold, then Ray up); torch.compile's actors start the cold "
+            "run with an empty inductor cache and the second with the cache the first left "
+            "on disk. `vs combined limit`: against the combined limit of the row's runtime "
+            f"(rows of none: {a.runtime[0]}'s). `peak RSS MB`: summed over the Ray session's "
             "processes (see the memory section).\n\n"
             + table(rows, ["path", "seconds", "ray start s", "img/s", "vs plain script",
                            "vs combined limit", "peak RSS MB"]))
-    write_section("scoring", body, _command(a))
+    write_section("scoring", body, _command(a, "throughput", "n", "per_sample", "actors",
+                                            "ray_cpus", "runtime"))
 
 
-# (label, extra environment for the Ray workers, ScoreConfig.actors, logical CPUs for Ray,
-#  Predictor class the pipeline uses)
+# (label, ScoreConfig.actors, logical CPUs for Ray, predictor class handed to score())
 LAYOUTS = [
     ("1 actor x 1 CPU, Predictor before the changes (Ray given 1 CPU: the old default)",
-     {}, None, 1, PreChangePredictor),
-    ("1 actor x 1 CPU, 1 torch thread (Ray given 1 CPU: the old default)", {}, None, 1,
-     Predictor),
-    ("1 actor x 2 CPUs, 2 torch threads (--actors 1)", {}, 1, None, Predictor),
-    ("default: 2 actors x 1 CPU, 1 torch thread each", {}, None, None, Predictor),
+     None, 1, PreChangePredictor),
+    ("1 actor x 1 CPU, 1 torch thread (Ray given 1 CPU: the old default)", None, 1, Predictor),
+    ("1 actor x 2 CPUs, 2 torch threads (--actors 1)", 1, None, Predictor),
+    ("default: 2 actors x 1 CPU, 1 torch thread each", None, None, Predictor),
 ]
 
 
 def layouts(a, tmp: Path, checkpoint: str) -> None:
     """The same scoring run with the model actors laid out differently on this machine."""
-    import ray
-
-    from wbc_ray.scoring import pipeline
-
-    if getattr(pipeline, "Predictor", None) is not Predictor:
-        raise SystemExit("wbc_ray.scoring.pipeline no longer uses inference.Predictor by "
-                         "that name: update the Predictor swap in bench/score.py layouts()")
-    files = make_archive(tmp / "layouts", a.n, a.per_sample)
-    _, combined = limits(files, checkpoint)
+    root = tmp / "layouts"
+    files = make_archive(root, a.n, a.per_sample)
+    _, combined = limits(files, checkpoint, ["torch"])
     rows = []
-    for label, env, actors, ray_cpus, predictor in LAYOUTS:
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # the raylet and its workers inherit the driver's environment
-        pipeline.Predictor = predictor
-        try:
-            cold = wbc_score(str(tmp / "layouts"), checkpoint, str(tmp / f"lay-{len(rows)}a"),
-                             a.n, a.per_sample, actors, ray_cpus)
-            warm = wbc_score(str(tmp / "layouts"), checkpoint, str(tmp / f"lay-{len(rows)}b"),
-                             a.n, a.per_sample, actors, ray_cpus)
-        finally:
-            ray.shutdown()
-            pipeline.Predictor = Predictor
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k)
-                else:
-                    os.environ[k] = v
+    for label, actors, ray_cpus, predictor in LAYOUTS:
+        with ray_session(tmp):
+            cold, warm = (wbc_score(tmp, root, checkpoint, a.n, a.per_sample, actors=actors,
+                                    ray_cpus=ray_cpus, predictor=predictor) for _ in range(2))
         rows.append({"actor layout": label, "s incl. Ray start": cold["seconds"],
                      "img/s incl. Ray start": cold["img/s"], "s, Ray up": warm["seconds"],
                      "steady img/s (Ray up)": warm["steady img/s"],
-                     "steady vs combined limit": warm["steady img/s"] / combined,
+                     "steady vs combined limit": warm["steady img/s"] / combined["torch"],
                      "peak RSS MB": max(cold["peak RSS MB"], warm["peak RSS MB"])})
     body = (f"{a.n:,} Kaggle JPEGs ({a.n // a.per_sample} samples), as in `scoring`; each "
             f"layout in a fresh Ray session, run twice (cold, then Ray up). Combined limit "
-            f"{combined:,.0f} img/s. The first row swaps the pre-change Predictor into the "
-            "pipeline (`PreChangePredictor`). On a CPU-only cluster Ray Data fuses the decode "
-            "stage into the model actors (same resources), so each actor decodes and "
-            "predicts its batches in turn.\n\n"
+            f"{combined['torch']:,.0f} img/s. The first row hands the pre-change Predictor "
+            "(`PreChangePredictor`) to `score()` as the predictor class. On a CPU-only "
+            "cluster Ray Data fuses the decode stage into the model actors (same resources), "
+            "so each actor decodes and predicts its batches in turn.\n\n"
             + table(rows, ["actor layout", "s incl. Ray start", "img/s incl. Ray start",
                            "s, Ray up", "steady img/s (Ray up)", "steady vs combined limit",
                            "peak RSS MB"]))
-    write_section("scoring-actor-layouts", body,
-                  f"python bench/score.py --only layouts --n {a.n} --per-sample {a.per_sample}")
+    write_section("scoring-actor-layouts", body, _command(a, "layouts", "n", "per_sample"))
 
 
 def memory(a, tmp: Path, checkpoint: str) -> None:
-    import ray
-
-    rows = []
-    for n in a.memory:
-        root = tmp / f"mem-{n}"
+    """Peak memory of the whole Ray session per runtime and archive size."""
+    roots = {n: tmp / f"mem-{n}" for n in a.memory}
+    for n, root in roots.items():
         make_archive(root, n, a.per_sample)
-        r = wbc_score(str(root), checkpoint, str(tmp / f"mem-out-{n}"), n, a.per_sample,
-                      a.actors, a.ray_cpus, pss=True)
-        ray.shutdown()  # a fresh session per size: the peaks compare like with like
-        rows.append({"images": f"{n:,}", "samples": n // a.per_sample, **r})
-    for r in rows:
-        r["PSS vs smallest"] = r["peak PSS MB"] / rows[0]["peak PSS MB"]
-        r["RSS vs smallest"] = r["peak RSS MB"] / rows[0]["peak RSS MB"]
+    rows = []
+    for rt in a.runtime:
+        _, runtime, predictor = RUNTIMES[rt]
+        first = len(rows)
+        for n, root in roots.items():
+            with ray_session(tmp):  # a fresh session per size: the peaks compare like with like
+                r = wbc_score(tmp, root, checkpoint, n, a.per_sample, actors=a.actors,
+                              ray_cpus=a.ray_cpus, runtime=runtime, predictor=predictor,
+                              pss=True)
+            rows.append({**r, "runtime": rt, "images": f"{n:,}", "samples": n // a.per_sample})
+            for kind in ("RSS", "PSS"):
+                rows[-1][f"{kind} vs smallest"] = (rows[-1][f"peak {kind} MB"]
+                                                   / rows[first][f"peak {kind} MB"])
     body = ("Peak memory of the whole local Ray session: the driver process and all its "
-            "descendants (GCS, raylet, workers, model actors, dashboard, log monitor), "
-            "sampled once a second. RSS (`/proc/<pid>/statm`) counts shared pages (shared "
+            "descendants (GCS, raylet, workers, model actors, log monitor), sampled once a "
+            "second with psutil. RSS (`memory_info().rss`) counts shared pages (shared "
             "libraries, the object store) once per process that maps them; PSS "
-            "(`/proc/<pid>/smaps_rollup`) divides them among those processes, so the PSS sum "
-            "is the session's footprint. Each size runs in a fresh Ray session, Ray start "
-            "included; the PSS sampling costs the driver CPU, so take throughput from the "
-            f"`scoring` section. {_layout_note(a)}\n\n"
-            + table(rows, ["images", "samples", "seconds", "peak RSS MB", "RSS vs smallest",
-                           "peak PSS MB", "PSS vs smallest", "processes"]))
-    write_section("scoring-memory", body, _command(a, memory_only=True))
+            "(`memory_full_info().pss`, from `smaps_rollup`) divides them among those "
+            "processes, so the PSS sum is the session's footprint. Each runtime and size runs "
+            "in a fresh Ray session, Ray start included; the PSS sampling costs the driver "
+            f"CPU, so take throughput from the `scoring` section. {_layout_note(a)}\n\n"
+            + table(rows, ["runtime", "images", "samples", "seconds", "peak RSS MB",
+                           "RSS vs smallest", "peak PSS MB", "PSS vs smallest", "processes"]))
+    write_section("scoring-memory", body, _command(a, "memory", "per_sample", "memory",
+                                                   "actors", "ray_cpus", "runtime"))
 
 
 def _layout_note(a) -> str:
@@ -539,13 +550,14 @@ def _layout_note(a) -> str:
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.")
 
 
-def _command(a, memory_only: bool = False) -> str:
-    extra = (f" --actors {a.actors}" if a.actors else "") + \
-        (f" --ray-cpus {a.ray_cpus}" if a.ray_cpus else "")
-    if memory_only:
-        return (f"python bench/score.py --only memory --per-sample {a.per_sample} "
-                f"--memory {' '.join(map(str, a.memory))}{extra}")
-    return f"python bench/score.py --only throughput --n {a.n} --per-sample {a.per_sample}{extra}"
+def _command(a, section: str, *names: str) -> str:
+    """The command that reruns ``section`` with the named options as they were set."""
+    words = [f"python bench/score.py --only {section}"]
+    for name in names:
+        value = getattr(a, name)
+        if value is not None and not (name == "runtime" and value == list(RUNTIMES)):
+            words += ["--" + name.replace("_", "-"), *map(str, np.atleast_1d(value))]
+    return " ".join(words)
 
 
 SECTIONS = {"ablation": ablation, "profile": profile, "throughput": throughput,
@@ -553,25 +565,31 @@ SECTIONS = {"ablation": ablation, "profile": profile, "throughput": throughput,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=8000)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=8000, help="images for throughput and layouts")
     ap.add_argument("--per-sample", type=int, default=100)
     ap.add_argument("--memory", type=int, nargs="+", default=[10_000, 50_000],
                     help="archive sizes for the memory section")
     ap.add_argument("--actors", type=int, default=None, help="ScoreConfig.actors")
     ap.add_argument("--ray-cpus", type=int, default=None, help="logical CPUs given to Ray")
+    ap.add_argument("--runtime", choices=list(RUNTIMES), nargs="+", default=list(RUNTIMES),
+                    metavar="NAME", help="model runtimes for throughput and memory: "
+                    f"{', '.join(RUNTIMES)} (default: all)")
     ap.add_argument("--only", choices=list(SECTIONS), action="append",
                     help="run only these sections (repeatable); default: all")
     a = ap.parse_args()
+    a.runtime = [rt for rt in RUNTIMES if rt in a.runtime]  # torch first
+    if os.environ.get("RAY_ADDRESS"):  # init_ray() would join that cluster
+        raise SystemExit("bench/score.py measures a local Ray session: unset RAY_ADDRESS")
     with tempfile.TemporaryDirectory(prefix="wbc-bench-score-") as d:
         tmp = Path(d)
-        # A private Ray temp dir: with RAY_ADDRESS unset, ray.init() joins the cluster of
-        # the last `ray start` on this machine (/tmp/ray/ray_current_cluster), if any,
-        # instead of starting the local session this bench measures.
-        os.environ.setdefault("RAY_TMPDIR", str(tmp / "ray"))
+        # The driver's torch.compile (ablation, limits) never reads or fills the user's
+        # inductor cache: the ablation's first compile is cold.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor")
         checkpoint = untrained_checkpoint(str(tmp / "checkpoint"))
-        for name in a.only or SECTIONS:
-            SECTIONS[name](a, tmp, checkpoint)
+        for name, section in SECTIONS.items():
+            if name in (a.only or SECTIONS):
+                section(a, tmp, checkpoint)
 
 
 if __name__ == "__main__":

@@ -91,3 +91,39 @@ def make_bucket(endpoint: str, name: str):
     if not fs.exists(name):
         fs.mkdir(name)
     return fs
+
+
+def kaggle_images(kaggle: Path, n: int, offset: int = 0, stride: int = 37) -> list[Path]:
+    """``n`` real TRAIN images, spread over the four classes and over each class folder."""
+    from wbc_ray.classes import PAPER_CLASSES
+
+    per_class = [sorted((kaggle / "images" / "TRAIN" / c).glob("*.jpeg")) for c in PAPER_CLASSES]
+    return [per_class[i % 4][offset + stride * (i // 4)] for i in range(n)]
+
+
+def spread_paper_cnn(kaggle: Path, directory: str) -> str:
+    """Save an untrained paper CNN with varied labels and confidences on real cells.
+
+    Random weights give every cell the same label; centring the output layer on a few real
+    images' features and scaling it spreads labels and confidences (no training needed).
+    """
+    import numpy as np
+    import torch
+
+    from wbc_ray.classes import PAPER_CLASSES
+    from wbc_ray.data.decode import decode_resize
+    from wbc_ray.models import build_model
+    from wbc_ray.models.checkpoint import CheckpointMeta, save_checkpoint
+    from wbc_ray.models.inputs import Normalise
+
+    torch.manual_seed(0)
+    model = build_model("paper_cnn", num_classes=len(PAPER_CLASSES), hidden=[64], dropout=0.2)
+    model.eval()
+    x = np.stack([decode_resize(p.read_bytes(), 100) for p in kaggle_images(kaggle, 12, 3)])
+    with torch.no_grad():
+        h = model.head[:-1](model.features(Normalise((0.5,) * 3, (0.5,) * 3, False)(
+            torch.from_numpy(x))))
+        model.head[-1].weight.mul_(300.0)
+        model.head[-1].bias.copy_(-(model.head[-1].weight @ h.mean(0)))
+    meta = CheckpointMeta.for_model("paper_cnn", PAPER_CLASSES, {"hidden": [64], "dropout": 0.2})
+    return save_checkpoint(directory, model, meta)

@@ -17,14 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from conftest import kaggle_images as spread_kaggle_images
+from conftest import spread_paper_cnn
 
 from wbc_ray.classes import PAPER_CLASSES
 from wbc_ray.config import ScoreConfig
-from wbc_ray.data.decode import decode_resize
-from wbc_ray.models import build_model
-from wbc_ray.models.checkpoint import CheckpointMeta, save_checkpoint
-from wbc_ray.models.inputs import Normalise
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -41,25 +38,13 @@ def _need_browser():
     pytest.skip(msg)
 
 
-def kaggle_images(kaggle: Path, n: int, offset: int = 0) -> list[Path]:
-    per_class = [sorted((kaggle / "images" / "TRAIN" / c).glob("*.jpeg")) for c in PAPER_CLASSES]
-    return [per_class[i % 4][offset + 41 * (i // 4)] for i in range(n)]
-
-
 @pytest.fixture(scope="module")
 def checkpoint(kaggle, tmp_path_factory) -> str:
-    """An untrained paper CNN whose output layer is spread over real cells' features, so that
-    labels and confidences vary (quality does not matter for the review)."""
-    torch.manual_seed(0)
-    model = build_model("paper_cnn", num_classes=4, hidden=[64], dropout=0.2).eval()
-    x = np.stack([decode_resize(p.read_bytes(), 100) for p in kaggle_images(kaggle, 12, 3)])
-    with torch.no_grad():
-        h = model.head[:-1](model.features(Normalise((0.5,) * 3, (0.5,) * 3, False)(
-            torch.from_numpy(x))))
-        model.head[-1].weight.mul_(300.0)
-        model.head[-1].bias.copy_(-(model.head[-1].weight @ h.mean(0)))
-    meta = CheckpointMeta.for_model("paper_cnn", PAPER_CLASSES, {"hidden": [64], "dropout": 0.2})
-    return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "best"), model, meta)
+    return spread_paper_cnn(kaggle, str(tmp_path_factory.mktemp("ckpt") / "best"))
+
+
+def kaggle_images(kaggle, n: int, offset: int = 0):
+    return spread_kaggle_images(kaggle, n, offset, stride=41)
 
 
 @pytest.fixture(scope="module")

@@ -22,16 +22,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray.cloudpickle
-import torch
-from conftest import REPO, make_bucket
+from conftest import REPO, kaggle_images, make_bucket, spread_paper_cnn
 
 import wbc_ray
 from wbc_ray.classes import PAPER_CLASSES
 from wbc_ray.config import ScoreConfig
-from wbc_ray.data.decode import decode_resize
-from wbc_ray.models import build_model
-from wbc_ray.models.checkpoint import CheckpointMeta, fingerprint, save_checkpoint
-from wbc_ray.models.inputs import Normalise
+from wbc_ray.models.checkpoint import fingerprint
 from wbc_ray.models.predictor import Predictor
 from wbc_ray.scoring.inputs import read_inputs, sample_id_problem
 from wbc_ray.scoring.pipeline import score
@@ -58,28 +54,7 @@ def env(s3_server, ray_session):
 
 @pytest.fixture(scope="module")
 def checkpoint(kaggle, tmp_path_factory) -> str:
-    """An untrained paper CNN with varied labels and confidences on real cells.
-
-    Random weights give every cell the same label; centring the output layer on a few real
-    images' features and scaling it spreads labels and confidences (no training needed).
-    """
-    torch.manual_seed(0)
-    model = build_model("paper_cnn", num_classes=len(PAPER_CLASSES), hidden=[64], dropout=0.2)
-    model.eval()
-    x = np.stack([decode_resize(p.read_bytes(), 100) for p in kaggle_images(kaggle, 12, 3)])
-    with torch.no_grad():
-        h = model.head[:-1](model.features(Normalise((0.5,) * 3, (0.5,) * 3, False)(
-            torch.from_numpy(x))))
-        model.head[-1].weight.mul_(300.0)
-        model.head[-1].bias.copy_(-(model.head[-1].weight @ h.mean(0)))
-    meta = CheckpointMeta.for_model("paper_cnn", PAPER_CLASSES, {"hidden": [64], "dropout": 0.2})
-    return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "best"), model, meta)
-
-
-def kaggle_images(kaggle: Path, n: int, offset: int = 0) -> list[Path]:
-    """``n`` real TRAIN images, spread over the four classes and over each class folder."""
-    per_class = [sorted((kaggle / "images" / "TRAIN" / c).glob("*.jpeg")) for c in PAPER_CLASSES]
-    return [per_class[i % 4][offset + 37 * (i // 4)] for i in range(n)]
+    return spread_paper_cnn(kaggle, str(tmp_path_factory.mktemp("ckpt") / "best"))
 
 
 def cfg(checkpoint: str, input: str, output: str, **kw) -> ScoreConfig:
