@@ -108,3 +108,16 @@ def test_pooled_metrics_equal_metrics_over_all_predictions():
         for m in ("precision", "recall", "f1"):
             assert pooled["per_class"][c][m] == pytest.approx(every["per_class"][c][m])
     assert pooled["fold_accuracy"] == [m["accuracy"] for m in per_fold]
+
+
+def test_near_duplicates_is_not_a_file_to_check_before_ray(lisc):
+    from wbc_ray.config import load_run_config
+    from wbc_ray.workflows import preflight
+
+    cfg = load_run_config(None, {"data": {"data": str(lisc), "split": "grouped",
+                                          "groups": "near-duplicates", "folds": 5}})
+    preflight.check_train(cfg)  # no "near-duplicates does not exist"
+    missing = load_run_config(None, {"data": {"data": str(lisc), "split": "grouped",
+                                              "groups": str(lisc / "no-such-groups.csv")}})
+    with pytest.raises(Exception, match="no-such-groups.csv"):
+        preflight.check_train(missing)

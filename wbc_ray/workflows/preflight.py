@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from wbc_ray import storage
 from wbc_ray.config import RunConfig, ScoreConfig
+from wbc_ray.data.prepare import NEAR_DUPLICATES
 from wbc_ray.models.checkpoint import resolve_checkpoint
 
 
 def check_train(cfg: RunConfig) -> None:
     if cfg.data.data is not None:
         storage.check_readable(cfg.data.data)
-    if cfg.data.groups:
+    if cfg.data.groups and cfg.data.groups != NEAR_DUPLICATES:
         storage.check_readable(cfg.data.groups)
     storage.check_writable(cfg.train.output)
 
