@@ -158,7 +158,8 @@ def cv(
     *,
     data: Data = None,
     model: Annotated[ModelName | None, typer.Option(help="Model (see `wbc-ray models`).")] = None,
-    folds: Annotated[int, typer.Option(help="Number of folds (k).")] = 5,
+    folds: Annotated[int | None, typer.Option(help="Number of folds (k; default: the "
+                                              "config's data.folds, else 5).")] = None,
     split: Annotated[Literal["paper", "grouped"] | None, typer.Option(
         help="paper: stratified folds; grouped: group-disjoint stratified folds.")] = None,
     classes: Classes = None,
@@ -188,13 +189,13 @@ def cv(
         cfg = load_run_config(config, overrides)
         preflight.check_train(cfg)
         _start_ray(verbose=verbose)
-        return workflow.cross_validate(cfg, folds)
+        return workflow.cross_validate(cfg)
 
-    s = _run(verbose, go).summary
+    outcome = _run(verbose, go)
+    s = outcome.summary
     typer.echo(f"{s['folds']}-fold CV: pooled accuracy {s['accuracy']:.4f}  macro F1 "
                f"{s['macro_f1']:.4f}  per fold {s['fold_accuracy_mean']:.4f} "
-               f"+- {s['fold_accuracy_std']:.4f}\nsummary: {s['runs'][0].rsplit('-fold', 1)[0]}"
-               "/cv.md")
+               f"+- {s['fold_accuracy_std']:.4f}\nsummary: {outcome.files['markdown']}")
 
 
 @app.command()

@@ -31,8 +31,13 @@ def fold_config(cfg: RunConfig, folds: int, fold: int, name: str) -> RunConfig:
                    train=replace(cfg.train, name=f"{name}-fold{fold}"))
 
 
-def cross_validate(cfg: RunConfig, folds: int = 5) -> CVOutcome:
-    """Train and test ``cfg`` on each of ``folds`` folds; write ``cv.json`` and ``cv.md``."""
+DEFAULT_FOLDS = 5
+
+
+def cross_validate(cfg: RunConfig) -> CVOutcome:
+    """Train and test ``cfg`` on each of its ``data.folds`` folds (default
+    :data:`DEFAULT_FOLDS`); write ``cv.json`` and ``cv.md``."""
+    folds = cfg.data.folds or DEFAULT_FOLDS
     name = run_name(cfg)
     outcomes = []
     for k in range(folds):
